@@ -1,0 +1,1 @@
+"""Annotators (persons, keypoints, body, hands, face), one module each, found through a registry."""

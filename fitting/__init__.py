@@ -1,0 +1,1 @@
+"""Batched optimisation: objectives, priors, solvers, SMPL->SMPL-X transfer, refinement, quality."""

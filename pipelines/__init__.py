@@ -1,0 +1,1 @@
+"""Drivers: the annotation job (Ray, Beam), training, evaluation, review; dataset sources and shard sinks."""

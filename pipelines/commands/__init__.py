@@ -1,0 +1,1 @@
+"""``pearl`` subcommands, one module each (see :data:`pipelines.cli.COMMANDS`)."""
