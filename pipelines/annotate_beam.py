@@ -1,0 +1,306 @@
+"""The annotation job on Apache Beam: the same stages as Beam DoFns, the same shard layout as the Ray job.
+
+    python pipelines/annotate_beam.py --input examples --out runs/beam [job flags] [Beam pipeline options]
+
+Job flags are those of ``pipelines/annotate.py`` (``--config``, ``--mode``, ``--stages``, ...; the Ray-only
+ones are ignored); ``--runner`` names the **Beam** runner (default ``DirectRunner``) and every other flag
+goes to Beam's ``PipelineOptions`` (``--direct_num_workers``, ``--flink_master``, ``--project``...).
+See ``docs/cluster.md``.
+
+The launcher does what the Ray job's driver does before and after the stages (plan the shards, take
+OUT's run lock, skip committed shards in incremental mode, write ``OUT/manifest.json``, write the
+report); the pipeline in between is::
+
+    Create(shard specs) -> samples -> BatchElements(load_batch_size) -> LoadFn
+      -> for each stage: BatchElements(stage batch_size) -> StageFn      (one row per element)
+      -> key by shard -> CoGroupByKey with the shard specs -> WriteShardFn (ShardSink, one shard)
+
+:class:`StageFn` wraps :class:`pipelines.runner.StageAdapter`, so a stage is built once per DoFn
+instance (``setup``) and called on whole batches, exactly as a Ray actor calls it. Each shard's rows meet
+on one worker, where the sink of the Ray job writes them sorted by key: the tar, Parquet and quarantine
+files have the same bytes as the Ray or plain-loop runner's for the same inputs and config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import logging
+import socket
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: the repository root instead of pipelines/ on sys.path
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import apache_beam as beam  # noqa: E402
+from apache_beam.metrics.metric import Metrics, MetricsFilter  # noqa: E402
+from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
+
+import schemas  # noqa: E402
+from annotators.base import Batch, batch_len  # noqa: E402
+from pipelines import annotate  # noqa: E402
+from pipelines import config as cfg  # noqa: E402
+from pipelines.quarantine import clean_quarantine_temporaries  # noqa: E402
+from pipelines.report import build_report, read_all_stats, write_report  # noqa: E402
+from pipelines.runlock import RunLock  # noqa: E402
+from pipelines.runner import (  # noqa: E402
+    RunPlan,
+    StageAdapter,
+    StageContext,
+    _adapter_kwargs,
+    concat_batches,
+    stage_backend,
+    timed_load,
+)
+from pipelines.shards import clean_temporaries, committed_shards, shard_name  # noqa: E402
+from pipelines.sinks import ShardSink, ShardSpec, keys_sha256  # noqa: E402
+from pipelines.sources import Sample, samples_to_batch  # noqa: E402
+
+log = logging.getLogger("pipelines.annotate_beam")
+
+METRICS_NAMESPACE = "pearl"
+"""Beam metrics namespace of the per-stage counters (``<stage>/calls``, ``rows_in``, ``rows_out``, ``us``)."""
+RUNNER_NAME = "beam"
+"""``runner`` recorded in the report."""
+
+
+# --------------------------------------------------------------------------------------------------
+# DoFns
+# --------------------------------------------------------------------------------------------------
+
+
+class BeamClock:
+    """The runners' stage clock on Beam metrics: counters summed over all workers of the pipeline."""
+
+    def record(self, stage: str, seconds: float, rows_in: int, rows_out: int) -> None:
+        for name, value in (("calls", 1), ("rows_in", rows_in), ("rows_out", rows_out),
+                            ("us", round(seconds * 1e6))):
+            Metrics.counter(METRICS_NAMESPACE, f"{stage}/{name}").inc(value)
+
+
+def clock_snapshot(result: Any) -> dict[str, dict[str, float]]:
+    """``stage -> {calls, rows_in, rows_out, seconds}`` from a finished pipeline's :class:`BeamClock` counters."""
+    out: dict[str, dict[str, float]] = {}
+    for counter in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
+        stage, name = counter.key.metric.name.rsplit("/", 1)
+        value = counter.committed if counter.committed is not None else counter.attempted
+        timing = out.setdefault(stage, {"calls": 0, "rows_in": 0, "rows_out": 0, "seconds": 0.0})
+        if name == "us":
+            timing["seconds"] += value / 1e6
+        else:
+            timing[name] += value
+    return out
+
+
+def explode(batch: Batch) -> Iterator[Batch]:
+    """One-row batches of ``batch`` (dtypes and trailing shapes kept, so batches re-form exactly)."""
+    for i in range(batch_len(batch)):
+        yield {k: v[i : i + 1] for k, v in batch.items()}
+
+
+class LoadFn(beam.DoFn):
+    """Read and decode a batch of samples (:func:`pipelines.sources.load_batch`); emits one row per sample."""
+
+    def __init__(self, max_pixels: int) -> None:
+        self.max_pixels = max_pixels
+
+    def process(self, samples: Sequence[Sample]) -> Iterator[Batch]:
+        yield from explode(timed_load(samples_to_batch(samples), max_pixels=self.max_pixels, clock=BeamClock()))
+
+
+class StageFn(beam.DoFn):
+    """One pipeline stage: ``setup`` builds it (models load once per DoFn instance), ``process`` runs it
+    on a batch of rows (from ``BatchElements``) and emits its output rows one by one.
+
+    ``adapter_kwargs``: the keyword arguments of :class:`pipelines.runner.StageAdapter` (its ``clock`` is
+    replaced by a :class:`BeamClock`).
+    """
+
+    def __init__(self, adapter_kwargs: Mapping[str, Any]) -> None:
+        self.adapter_kwargs = {**adapter_kwargs, "clock": None}
+        self.adapter: StageAdapter | None = None
+
+    def setup(self) -> None:
+        self.adapter = StageAdapter(**{**self.adapter_kwargs, "clock": BeamClock()})
+
+    def process(self, rows: Sequence[Batch]) -> Iterator[Batch]:
+        yield from explode(self.adapter(concat_batches(rows)))
+
+
+class ShardOf:
+    """The shard index of a row, from its ``sample_key`` and the first sample key of every shard."""
+
+    def __init__(self, shards: Sequence[ShardSpec]) -> None:
+        ordered = sorted(shards, key=lambda s: s.index)
+        self.first_keys = [s.samples[0].sample_key for s in ordered]
+        self.indices = [s.index for s in ordered]
+
+    def __call__(self, row: Batch) -> tuple[int, Batch]:
+        pos = bisect.bisect_right(self.first_keys, str(row["sample_key"][0])) - 1
+        return self.indices[pos], row
+
+
+class WriteShardFn(beam.DoFn):
+    """Write one complete shard with the Ray job's sink; emits the shard's stats.
+
+    Input: ``(index, {"spec": [ShardSpec], "rows": [one-row batches]})`` from ``CoGroupByKey``. Raises
+    :class:`pipelines.sinks.IncompleteShardsError` when rows are missing (the runner retries the bundle).
+    """
+
+    def __init__(self, out: str, split: str, run_fields: Mapping[str, str], parquet_images: bool) -> None:
+        self.out, self.split, self.run_fields, self.parquet_images = out, split, dict(run_fields), parquet_images
+
+    def setup(self) -> None:
+        self.fs, self.root = annotate._fs_root(self.out)
+
+    def process(self, element: tuple[int, Mapping[str, Iterable[Any]]]) -> Iterator[dict[str, Any]]:
+        _, grouped = element
+        (spec,) = list(grouped["spec"])
+        committed: list[dict[str, Any]] = []
+        sink = ShardSink(self.fs, self.root, self.split, [spec], self.run_fields, parquet_images=self.parquet_images,
+                         on_commit=lambda name, stats: committed.append(stats))
+        rows = concat_batches(list(grouped["rows"]))
+        if rows:
+            sink.add(rows)
+        sink.finish()
+        yield from committed
+
+
+def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan, out: str, run_fields: Mapping[str, str]) -> Any:
+    """Add the job's transforms to ``pipeline``; returns the PCollection of committed shards' stats."""
+    c = plan.config
+    specs = pipeline | "shards" >> beam.Create(plan.shards)
+    rows = (specs
+            | "samples" >> beam.FlatMap(lambda spec: spec.samples)
+            | "batch load" >> beam.BatchElements(min_batch_size=c.source.load_batch_size,
+                                                 max_batch_size=c.source.load_batch_size)
+            | "load" >> beam.ParDo(LoadFn(c.source.max_pixels)))
+    for index, spec in enumerate(c.stages):
+        size = spec.resources.batch_size
+        rows = (rows
+                | f"batch {spec.name}" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
+                | spec.name >> beam.ParDo(StageFn(_adapter_kwargs(plan, index, None))))
+    keyed_rows = rows | "key by shard" >> beam.Map(ShardOf(plan.shards))
+    keyed_specs = specs | "key specs" >> beam.Map(lambda spec: (spec.index, spec))
+    return ({"spec": keyed_specs, "rows": keyed_rows}
+            | "group shards" >> beam.CoGroupByKey()
+            | "write shards" >> beam.ParDo(WriteShardFn(out, c.sink.split, run_fields, c.sink.parquet_images)))
+
+
+# --------------------------------------------------------------------------------------------------
+# The job
+# --------------------------------------------------------------------------------------------------
+
+
+def run_beam_job(config: cfg.AnnotateConfig, pipeline_args: Sequence[str] = ()) -> dict[str, Any]:
+    """Run the job on Beam (``pipeline_args``: Beam pipeline options); returns the report, also written to
+    OUT/report.json/html. Before and after the pipeline it does what the Ray job does (see the module
+    docstring)."""
+    started = time.time()
+    plan = annotate.plan_job(config)
+    c = plan.config
+    split = c.sink.split
+    fs, root = annotate._fs_root(c.sink.out)
+    with RunLock(fs, root, stale_after_s=c.sink.lock_stale_s):
+        manifest = annotate._read_manifest(fs, root)
+        if c.sink.mode == "overwrite":
+            for path in annotate._split_files(fs, root, split):
+                fs.rm_file(path)
+            manifest["splits"].pop(split, None)
+        clean_temporaries(root, filesystem=fs)
+        clean_quarantine_temporaries(fs, root)
+        hashes = annotate._asset_hashes(plan.body_models)
+        committed = {n for n in committed_shards(root, filesystem=fs) if n.startswith(f"{split}-")}
+        stats = {s["shard"]: s for s in read_all_stats(fs, root) if s["shard"] in committed}
+        annotate._check_resume(plan, manifest["splits"].get(split, {}), stats, hashes)
+        todo = [s for s in plan.shards if shard_name(split, s.index) not in committed]
+        backends = {spec.annotator: stage_backend(spec.name) for spec in c.stages}
+        version = annotate.code_version()
+        manifest["schema_version"] = schemas.SCHEMA_VERSION
+        manifest["splits"][split] = {
+            "code_version": version, "config_hash": plan.config_hash, "config": cfg.to_dict(c),
+            "body_model_kit": plan.body_model_kit, "asset_hashes": hashes, "backends": backends,
+            "partition_rule": annotate.PARTITION_RULE, "shards": len(plan.shards), "samples": plan.samples,
+            "samples_sha256": keys_sha256([s.sample_key for spec in plan.shards for s in spec.samples]),
+        }
+        fs.pipe_file(f"{root}/{annotate.MANIFEST}", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+        run_fields = {"split": split, "code_version": version, "config_hash": plan.config_hash,
+                      "body_model_kit": plan.body_model_kit,
+                      "asset_hashes": json.dumps(hashes, sort_keys=True, separators=(",", ":")),
+                      "backends": json.dumps(backends, sort_keys=True, separators=(",", ":"))}
+        context = StageContext(body_models=plan.body_models, body_model_kit=plan.body_model_kit, seed=c.seed)
+        log.info("%d shard(s) to do, %d already committed (%s mode)", len(todo), len(plan.shards) - len(todo),
+                 c.sink.mode)
+        t0 = time.perf_counter()
+        timings: dict[str, dict[str, float]] = {}
+        if todo:
+            options = PipelineOptions(list(pipeline_args))
+            pipeline = beam.Pipeline(options=options)
+            build_pipeline(pipeline, RunPlan(config=c, shards=todo, context=context), c.sink.out, run_fields)
+            result = pipeline.run()
+            result.wait_until_finish()
+            timings = clock_snapshot(result)
+        wall = time.perf_counter() - t0
+        all_stats = [s for s in read_all_stats(fs, root) if s["split"] == split]
+        done_now = [s for s in all_stats if s["shard"] in {shard_name(split, t.index) for t in todo}]
+        run = {"started": annotate._iso(started), "finished": annotate._iso(time.time()), "host": socket.gethostname(),
+               "runner": RUNNER_NAME, "mode": c.sink.mode, "split": split, "out": c.sink.out,
+               "code_version": version, "config_hash": plan.config_hash, "body_model_kit": plan.body_model_kit,
+               "wall_s": round(wall, 3), "shards_total": len(plan.shards),
+               "shards_skipped": len(plan.shards) - len(todo), "shards_committed": len(done_now),
+               "samples_this_run": sum(int(s["samples"]) for s in done_now)}
+        report = build_report(run, timings, all_stats)
+        write_report(fs, root, report)
+        return report
+
+
+# --------------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The job's flags, with ``--runner`` naming the Beam runner; unknown flags are Beam pipeline options."""
+    parser = argparse.ArgumentParser(prog="annotate_beam.py", description=__doc__.splitlines()[0],
+                                     conflict_handler="resolve")
+    annotate.add_arguments(parser)
+    parser.add_argument("--runner", dest="beam_runner", default="DirectRunner", metavar="RUNNER",
+                        help="Beam runner: DirectRunner (default), FlinkRunner, SparkRunner, DataflowRunner, ...")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, pipeline_args = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    args.runner = None  # the job's --runner (ray|loop) is replaced by Beam's
+    pipeline_args = [f"--runner={args.beam_runner}", *pipeline_args]
+    from pipelines.runlock import LockedError
+    from pipelines.sources import SourceError
+
+    try:
+        config = annotate.config_from_args(args)
+        if args.dry_run:
+            print(annotate.describe_plan(annotate.plan_job(config, make_kit=False)))
+            print(f"beam pipeline options: {' '.join(pipeline_args)}")
+            return 0
+        report = run_beam_job(config, pipeline_args)
+    except (cfg.ConfigError, SourceError, LockedError, annotate.JobError) as exc:
+        log.error("%s", exc)
+        return 2
+    totals = report["totals"]
+    print(json.dumps({"out": config.sink.out, "shards": totals["shards"], "persons": totals["persons"],
+                      "quarantined": totals["quarantined"], "images_per_s": report["throughput"]["images_per_s"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
