@@ -214,8 +214,11 @@ STAGES = Registry(
     modules={
         "persons": "annotators.persons",
         "keypoints": "annotators.keypoints",
+        "body": "annotators.body",
         "hands": "annotators.hands",
         "face": "annotators.face",
+        "refine": "annotators.refine",
+        "quality": "annotators.refine",
     },
 )
 """Every pipeline stage class, by ``"<annotator>/<backend>"`` name (``"persons/mediapipe"``, ...)."""
