@@ -175,11 +175,11 @@ class Registry:
 
     Components register with the decorator; drivers build them by name from config, so adding a
     backend never means editing an if/elif chain. ``modules`` maps the part of a name before ``/``
-    to the module that registers it, imported on first lookup.
+    to the module (or modules, tried in order) that register it, imported on first lookup.
     """
 
     kind: str
-    modules: dict[str, str] = field(default_factory=dict)
+    modules: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
     _entries: dict[str, Callable[..., Any]] = field(default_factory=dict)
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -192,20 +192,28 @@ class Registry:
         return deco
 
     def get(self, name: str) -> Callable[..., Any]:
-        if name not in self._entries:
-            module = self.modules.get(name.split("/", 1)[0])
-            if module is not None:
-                importlib.import_module(module)
+        for module in self._modules_of(name.split("/", 1)[0]):
+            if name in self._entries:
+                break
+            importlib.import_module(module)
         try:
             return self._entries[name]
         except KeyError:
             known = ", ".join(sorted(self._entries)) or "none"
             raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
+    def _modules_of(self, prefix: str) -> tuple[str, ...]:
+        modules = self.modules.get(prefix, ())
+        return (modules,) if isinstance(modules, str) else tuple(modules)
+
     def names(self) -> list[str]:
-        """Every registered name (imports all known modules first)."""
-        for module in self.modules.values():
-            importlib.import_module(module)
+        """Every registered name (imports the known modules that are installed first)."""
+        for module in sorted({m for prefix in self.modules for m in self._modules_of(prefix)}):
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as exc:
+                if exc.name != module:  # a broken import inside the module is an error, not absence
+                    raise
         return sorted(self._entries)
 
 
@@ -213,7 +221,7 @@ STAGES = Registry(
     "stage",
     modules={
         "persons": "annotators.persons",
-        "keypoints": "annotators.keypoints",
+        "keypoints": ("annotators.keypoints", "annotators.wholebody_onnx"),
         "body": "annotators.body",
         "hands": "annotators.hands",
         "face": "annotators.face",

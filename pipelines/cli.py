@@ -17,6 +17,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, str] = {
     "assets": "pipelines.commands.assets",
     "demo": "pipelines.commands.demo",
+    "models": "pipelines.commands.models",
 }
 
 

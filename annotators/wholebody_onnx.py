@@ -1,0 +1,371 @@
+"""Keypoints stage, reference backend ``keypoints/wholebody-onnx``: a DWPose / RTMW-style whole-body model
+(133 COCO-WholeBody keypoints, SimCC heads) and optionally its YOLOX person detector, both user-supplied
+ONNX files run through onnxruntime.
+
+Per person row (``image`` + ``bbox_xyxy``), as DWPose's ``onnxpose.py`` does it:
+
+1. The box becomes a centre and a size padded by 1.25, widened or heightened to the model's input
+   aspect (``w / h`` of its input, 288/384 for DWPose-l), and the image is warped to the input size
+   (bilinear, black outside), RGB, normalised with ImageNet mean/std in 0-255 units.
+2. SimCC decoding: each keypoint's x and y are the arg-max bins of ``simcc_x [N, 133, W * r]`` and
+   ``simcc_y [N, 133, H * r]`` divided by the split ratio ``r`` (2.0); its score is the smaller of the
+   two maxima. Locations map back to image px through the inverse warp.
+3. With a detector, the row's box is replaced, for the crop only, by the detected person box that
+   overlaps it most (IoU >= ``detector_match_iou``); boxes from labels or another detector are often
+   looser or tighter than the pose model was trained with. The detector runs once per image.
+
+YOLOX (``yolox_l.onnx``): the image letterboxed into the input (640x640, top-left aligned, grey 114
+padding, no normalisation), grid/stride decoding (strides 8, 16, 32), person score = objectness x
+class-0 probability, NMS at IoU 0.45 over scores above 0.1, detections kept above 0.3.
+
+Coordinates are continuous px (pixel ``i`` spans ``[i, i + 1]``) like the rest of pearl; OpenCV samples
+at pixel centres, so warps are built on ``x - 0.5``. Both networks get RGB, as DWPose's annotator and
+GUAVA's EHM tracker feed them. Outputs: ``kp2d_wholebody`` (x, y, score clipped to [0, 1] like the
+other keypoint backends; raw SimCC maxima are mostly in [0, 1]), and per part (body 17, face 68, each
+hand 21) the fraction of keypoints scoring at least ``keypoint_threshold`` as ``conf_*``, with
+``has_*`` where that fraction reaches ``min_visible_fraction``.
+See ``docs/reference_backends.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from collections.abc import Callable
+from typing import Any
+
+import cv2
+import numpy as np
+
+from annotators import wholebody as wb
+from annotators.base import Batch, ErrorPolicy, StageResources, STAGES, batch_len, error_digest, good_rows, mark_failed
+from annotators.persons import box_iou
+from model.checkpoints import OnnxModel
+
+log = logging.getLogger(__name__)
+
+POSE_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
+"""RGB mean of the pose model's input (0-255 units)."""
+POSE_STD = np.array([58.395, 57.12, 57.375], np.float32)
+"""RGB standard deviation of the pose model's input (0-255 units)."""
+YOLOX_STRIDES = (8, 16, 32)
+"""Output strides of the YOLOX heads, in the order of its anchors."""
+
+
+def rgb_image(value: Any, column: str = "image") -> np.ndarray:
+    """``value`` as an RGB uint8 image ``[H, W, 3]``, or a ``ValueError`` naming ``column``."""
+    if not isinstance(value, np.ndarray) or value.ndim != 3 or value.shape[2] != 3 or value.dtype != np.uint8:
+        desc = f"{type(value).__name__} {getattr(value, 'shape', '')} {getattr(value, 'dtype', '')}".strip()
+        raise ValueError(f"column {column!r} must hold RGB uint8 arrays [H, W, 3], got {desc}; decode images first")
+    return value
+
+
+def person_box(value: Any) -> np.ndarray:
+    """``bbox_xyxy`` as 4 finite float64 numbers with x1 > x0 and y1 > y0."""
+    box = np.asarray(value, dtype=np.float64)
+    if box.shape != (4,) or not np.all(np.isfinite(box)) or not (box[2] > box[0] and box[3] > box[1]):
+        raise ValueError(f"column 'bbox_xyxy' must hold a non-empty box (x0, y0, x1, y1), got {np.asarray(value)!r}")
+    return box
+
+
+class CropStage:
+    """Plumbing shared by the reference-backend stages: required columns, per-row preparation under the
+    error policy, networks opened on first use (``_model``; dropped when the stage is pickled for Ray).
+
+    Subclasses set ``name``, ``required`` and ``config_class`` and implement ``__call__``.
+    """
+
+    name = ""
+    version = "1"
+    required: tuple[str, ...] = ()
+
+    def __init__(self, config: Any, policy: ErrorPolicy = ErrorPolicy.QUARANTINE):
+        self.config = config
+        self.policy = policy
+        self._model: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_model": None}  # sessions and networks do not pickle
+
+    def check_columns(self, batch: Batch) -> int:
+        """Number of rows; a ``KeyError`` naming the first of ``required`` the batch lacks."""
+        for col in self.required:
+            if col not in batch:
+                raise KeyError(f"{self.name} stage needs a {col!r} column; got {sorted(batch)}")
+        return batch_len(batch)
+
+    def prepare(self, batch: Batch, fn: Callable[[int], Any], rows: np.ndarray | None = None) -> list[tuple[int, Any]]:
+        """``(i, fn(i))`` for each good row ``i`` (of ``rows`` when given); a row whose ``fn`` raises is
+        marked failed by this stage (``ErrorPolicy.QUARANTINE``) or the error propagates (``RAISE``)."""
+        good = good_rows(batch) if rows is None else good_rows(batch) & rows
+        done = []
+        for i in np.flatnonzero(good):
+            try:
+                done.append((int(i), fn(int(i))))
+            except Exception as exc:  # noqa: BLE001 - the policy decides
+                if self.policy is ErrorPolicy.RAISE:
+                    raise
+                mark_failed(batch, i, self.name, error_digest(exc))
+        return done
+
+
+# --------------------------------------------------------------------------------------------------
+# Top-down crop and SimCC decoding (pure functions)
+# --------------------------------------------------------------------------------------------------
+
+
+def box_center_scale(box_xyxy: np.ndarray, padding: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and padded size of boxes: ``box_xyxy  # [..., 4]`` -> (``[..., 2]``, ``[..., 2]``)."""
+    box = np.asarray(box_xyxy, np.float64)
+    return (box[..., :2] + box[..., 2:]) / 2, (box[..., 2:] - box[..., :2]) * padding
+
+
+def fix_aspect_ratio(scale: np.ndarray, aspect: float) -> np.ndarray:
+    """Grow ``scale  # [..., 2]`` (w, h) along one side until ``w / h == aspect``."""
+    w, h = scale[..., 0], scale[..., 1]
+    wide = w > h * aspect
+    return np.stack([np.where(wide, w, h * aspect), np.where(wide, w / aspect, h)], axis=-1)
+
+
+def top_down_warp(center: np.ndarray, scale: np.ndarray, input_wh: tuple[int, int]) -> np.ndarray:
+    """``[2, 3]`` affine from image to model-input pixel coordinates: ``center  # [2]`` to the input
+    centre, ``scale[0]`` image px to ``input_wh[0]`` input px (no rotation)."""
+    s = input_wh[0] / float(scale[0])
+    return np.array(
+        [[s, 0.0, input_wh[0] / 2 - s * center[0]], [0.0, s, input_wh[1] / 2 - s * center[1]]], dtype=np.float64
+    )
+
+
+def simcc_decode(simcc_x: np.ndarray, simcc_y: np.ndarray, split_ratio: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """SimCC arg-max decoding.
+
+    simcc_x  # [N, K, Wx], simcc_y  # [N, K, Wy]
+    returns  (xy  # [N, K, 2] in input px, scores  # [N, K] = min(max_x, max_y))
+    """
+    if simcc_x.ndim != 3 or simcc_y.ndim != 3 or simcc_x.shape[:2] != simcc_y.shape[:2]:
+        raise ValueError(f"simcc_x {simcc_x.shape} and simcc_y {simcc_y.shape} must be [N, K, bins] with equal N, K")
+    xy = np.stack([simcc_x.argmax(-1), simcc_y.argmax(-1)], axis=-1).astype(np.float32) / split_ratio
+    return xy, np.minimum(simcc_x.max(-1), simcc_y.max(-1)).astype(np.float32)
+
+
+def letterbox(image: np.ndarray, size_hw: tuple[int, int], pad_value: int = 114) -> tuple[np.ndarray, float]:
+    """YOLOX input: ``image  # [H, W, 3]`` resized by ``r = min(h / H, w / W)`` into the top-left corner of
+    a ``size_hw`` canvas filled with ``pad_value``; returns (canvas, r)."""
+    h, w = size_hw
+    r = min(h / image.shape[0], w / image.shape[1])
+    canvas = np.full((h, w, 3), pad_value, np.uint8)
+    nw, nh = int(image.shape[1] * r), int(image.shape[0] * r)
+    canvas[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return canvas, r
+
+
+def yolox_boxes(raw: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Decode YOLOX anchors ``raw  # [A, 4 + ...]`` (grid offsets, log sizes) into ``[A, 4]`` boxes
+    (x0, y0, x1, y1) in input px."""
+    grids, strides = [], []
+    for stride in YOLOX_STRIDES:
+        gh, gw = size_hw[0] // stride, size_hw[1] // stride
+        xv, yv = np.meshgrid(np.arange(gw), np.arange(gh))
+        grids.append(np.stack([xv, yv], -1).reshape(-1, 2))
+        strides.append(np.full((gh * gw, 1), stride))
+    grid, stride = np.concatenate(grids), np.concatenate(strides)
+    if len(grid) != len(raw):
+        raise ValueError(f"YOLOX output has {len(raw)} anchors, expected {len(grid)} for a {size_hw} input")
+    centre = (raw[:, :2] + grid) * stride
+    half = np.exp(raw[:, 2:4]) * stride / 2
+    return np.concatenate([centre - half, centre + half], axis=1)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression as YOLOX's demo does it (box sides counted ``+ 1`` px): indices of
+    the kept ``boxes  # [N, 4]``, by decreasing ``scores  # [N]``."""
+    area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
+    order = np.argsort(scores)[::-1]
+    keep = []
+    while len(order):
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        lo = np.maximum(boxes[i, :2], boxes[rest, :2])
+        hi = np.minimum(boxes[i, 2:], boxes[rest, 2:])
+        inter = np.clip(hi - lo + 1, 0, None).prod(-1)
+        order = rest[inter / (area[i] + area[rest] - inter) <= iou_threshold]
+    return np.array(keep, dtype=np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# The two networks
+# --------------------------------------------------------------------------------------------------
+
+
+class PersonDetector:
+    """YOLOX person detector (ONNX): ``image  # [H, W, 3]`` RGB -> (boxes ``[M, 4]`` px, scores ``[M]``)."""
+
+    def __init__(self, path: str, device: str = "auto", score_threshold: float = 0.3,
+                 nms_score_threshold: float = 0.1, nms_iou: float = 0.45, default_size: int = 640):
+        self.model = OnnxModel(path, outputs=(), device=device)
+        self.size_hw = self.model.spatial_size or (default_size, default_size)
+        self.score_threshold, self.nms_score_threshold, self.nms_iou = score_threshold, nms_score_threshold, nms_iou
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        canvas, r = letterbox(image, self.size_hw)
+        raw = next(iter(self.model(canvas.transpose(2, 0, 1)[None].astype(np.float32)).values()))[0]  # [A, 5 + C]
+        boxes = yolox_boxes(raw, self.size_hw) / r
+        scores = raw[:, 4] * raw[:, 5]  # objectness x P(person)
+        cand = np.flatnonzero(scores > self.nms_score_threshold)
+        kept = cand[nms(boxes[cand], scores[cand], self.nms_iou)]
+        kept = kept[scores[kept] > self.score_threshold]
+        return boxes[kept].astype(np.float32), scores[kept].astype(np.float32)
+
+
+class WholeBodyPoseModel:
+    """SimCC whole-body pose model (ONNX), top-down on person boxes."""
+
+    def __init__(self, path: str, device: str = "auto", split_ratio: float = 2.0, padding: float = 1.25):
+        self.model = OnnxModel(path, outputs=(), device=device)
+        if self.model.spatial_size is None or len(self.model.output_names) < 2:
+            raise ValueError(f"{path}: expected a fixed input [N, 3, H, W] and outputs simcc_x, simcc_y")
+        h, w = self.model.spatial_size
+        self.input_wh = (w, h)
+        self.split_ratio, self.padding = split_ratio, padding
+
+    def crop(self, image: np.ndarray, box_xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(normalised input ``[3, h, w]``, image-to-input affine ``[2, 3]``) for one person box."""
+        center, scale = box_center_scale(box_xyxy, self.padding)
+        scale = fix_aspect_ratio(scale, self.input_wh[0] / self.input_wh[1])
+        warp = top_down_warp(center - 0.5, scale, self.input_wh)  # OpenCV: pixel centres at integers
+        crop = cv2.warpAffine(image, warp, self.input_wh, flags=cv2.INTER_LINEAR)
+        return ((crop.astype(np.float32) - POSE_MEAN) / POSE_STD).transpose(2, 0, 1), warp
+
+    def __call__(self, inputs: np.ndarray, warps: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """inputs  # [N, 3, h, w], warps  # [N, 2, 3] -> (xy  # [N, K, 2] image px, scores  # [N, K])"""
+        simcc_x, simcc_y = list(self.model(inputs, batch_size).values())[:2]
+        w, h = self.input_wh
+        if simcc_x.shape[-1] != round(w * self.split_ratio) or simcc_y.shape[-1] != round(h * self.split_ratio):
+            raise ValueError(f"{self.model.path}: SimCC outputs {simcc_x.shape}, {simcc_y.shape} do not match a "
+                             f"{w}x{h} input at split ratio {self.split_ratio}")
+        xy, scores = simcc_decode(simcc_x, simcc_y, self.split_ratio)
+        lin, off = warps[:, :, :2], warps[:, :, 2]
+        image_xy = np.einsum("nij,nkj->nki", np.linalg.inv(lin), xy - off[:, None, :]) + 0.5
+        return image_xy.astype(np.float32), scores
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WholeBodyOnnxConfig:
+    """Settings of the ``keypoints/wholebody-onnx`` stage."""
+
+    pose_model: str = ""
+    """Path of the whole-body SimCC model (DWPose ``dw-ll_ucoco_384.onnx``, RTMW exports)."""
+    detector_model: str = ""
+    """Path of the YOLOX person detector (``yolox_l.onnx``); empty: use the rows' boxes as they are."""
+    device: str = "auto"
+    """onnxruntime device: ``auto`` (CUDA when onnxruntime-gpu has it), ``cpu`` or ``cuda``."""
+    batch_size: int = 32
+    """Person crops per pose-model call (a graph with a fixed batch of 1 runs them one by one)."""
+    bbox_padding: float = 1.25
+    """Box enlargement before the aspect fix (DWPose's 1.25)."""
+    simcc_split_ratio: float = 2.0
+    """SimCC bins per input pixel."""
+    detector_match_iou: float = 0.5
+    """A detection replaces the row's box when their IoU reaches this."""
+    keypoint_threshold: float = 0.3
+    """Score a keypoint needs to count as visible in ``conf_*`` (DWPose draws keypoints above 0.3)."""
+    min_visible_fraction: float = 0.5
+    """Fraction of a part's keypoints that must be visible for ``has_*``."""
+    resources: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=16))
+    """Ray actor resources."""
+
+    def __post_init__(self) -> None:
+        if not self.pose_model:
+            raise ValueError("WholeBodyOnnxConfig.pose_model is empty: give the path of the whole-body .onnx "
+                             "(see docs/reference_backends.md)")
+        if self.batch_size < 1:
+            raise ValueError(f"WholeBodyOnnxConfig.batch_size must be at least 1, got {self.batch_size}")
+
+
+def wholebody_placeholders(n: int) -> Batch:
+    """Columns of ``n`` rows the stage did not annotate."""
+    return {
+        "kp2d_wholebody": np.zeros((n, wb.NUM_KEYPOINTS, 3), np.float32),
+        "has_kp_body": np.zeros(n, bool),
+        "has_face": np.zeros(n, bool),
+        "has_hands": np.zeros((n, 2), bool),
+        "conf_body": np.zeros(n, np.float32),
+        "conf_face": np.zeros(n, np.float32),
+        "conf_hands": np.zeros((n, 2), np.float32),
+    }
+
+
+@STAGES.register("keypoints/wholebody-onnx")
+class WholeBodyOnnxStage(CropStage):
+    """Whole-body keypoints per person row from a DWPose/RTMW ONNX model (see the module docstring).
+
+    Reads ``image`` (object column of RGB uint8 ``[H, W, 3]``), ``bbox_xyxy`` (``[4]`` px) and, with a
+    detector, ``sample_key`` (rows of one image share one detector run); adds the columns of
+    :func:`wholebody_placeholders`. The sessions open on first use.
+    """
+
+    name = "keypoints"
+    required = ("image", "bbox_xyxy")
+    config_class = WholeBodyOnnxConfig
+
+    def models(self) -> tuple[WholeBodyPoseModel, PersonDetector | None]:
+        """The pose model and the detector (None without ``detector_model``), opened once."""
+        if self._model is None:
+            c = self.config
+            pose = WholeBodyPoseModel(c.pose_model, c.device, c.simcc_split_ratio, c.bbox_padding)
+            self._model = (pose, PersonDetector(c.detector_model, c.device) if c.detector_model else None)
+        return self._model
+
+    def __call__(self, batch: Batch) -> Batch:
+        out = wholebody_placeholders(self.check_columns(batch))
+        detections: dict[Any, np.ndarray] = {}
+        pose = self.models()[0]
+
+        def crop(i: int) -> tuple[np.ndarray, np.ndarray]:
+            image = rgb_image(batch["image"][i])
+            box = self._crop_box(image, person_box(batch["bbox_xyxy"][i]), batch, i, detections)
+            return pose.crop(image, box)
+
+        done = self.prepare(batch, crop)
+        if done:
+            rows = np.array([i for i, _ in done])
+            xy, scores = pose(np.stack([x for _, (x, _) in done]), np.stack([w for _, (_, w) in done]),
+                              self.config.batch_size)
+            self._fill(out, rows, xy, scores)
+        batch.update(out)
+        return batch
+
+    def _crop_box(
+        self, image: np.ndarray, box: np.ndarray, batch: Batch, i: int, cache: dict[Any, np.ndarray]
+    ) -> np.ndarray:
+        """The row's box ``[4]``, or the detection that overlaps it most (see the module docstring)."""
+        detector = self.models()[1]
+        if detector is None:
+            return box
+        key = batch["sample_key"][i] if "sample_key" in batch else i
+        if key not in cache:
+            cache[key] = detector(image)[0]
+        found = cache[key]
+        if len(found) == 0:
+            return box
+        iou = box_iou(box[None], found)[0]
+        best = int(iou.argmax())
+        return found[best].astype(np.float64) if iou[best] >= self.config.detector_match_iou else box
+
+    def _fill(self, out: Batch, rows: np.ndarray, xy: np.ndarray, scores: np.ndarray) -> None:
+        c = self.config
+        out["kp2d_wholebody"][rows] = np.concatenate([xy, np.clip(scores, 0.0, 1.0)[..., None]], axis=-1)
+        visible = scores >= c.keypoint_threshold
+        for name, part in (("body", wb.BODY), ("face", wb.FACE)):
+            frac = visible[:, part].mean(axis=1).astype(np.float32)
+            out[f"conf_{name}"][rows] = frac
+            out["has_kp_body" if name == "body" else "has_face"][rows] = frac >= c.min_visible_fraction
+        for side, part in enumerate(wb.HANDS):
+            frac = visible[:, part].mean(axis=1).astype(np.float32)
+            out["conf_hands"][rows, side] = frac
+            out["has_hands"][rows, side] = frac >= c.min_visible_fraction
