@@ -535,6 +535,8 @@ class KeypointsStage:
 
     name = "keypoints"
     backend = f"mediapipe@{MEDIAPIPE_VERSION}"
+    default_backend = True
+    """``--stages keypoints`` means this backend (the embedded one)."""
 
     def __init__(self, config: KeypointsConfig | None = None, policy: ErrorPolicy = ErrorPolicy.QUARANTINE):
         self.config = config or KeypointsConfig()

@@ -1,0 +1,211 @@
+"""Hands stage, embedded backend ``hands/mano-ik``: MANO hands from MediaPipe's 3D hand landmarks.
+
+Per person row, for each hand the keypoints stage found (``has_hands[side]``), the 21 metric landmarks
+``mp_hand_landmarks_3d[side]`` are fitted by batched inverse kinematics (:mod:`fitting.hand_ik`): an
+analytic initialisation, then a few Levenberg-Marquardt steps with twist, pose and shape priors. All hands of
+the batch are solved together on one device; left hands are mirrored, solved with the right model and
+mirrored back into the MANO left model's convention.
+
+Outputs (``[0]`` left, ``[1]`` right, as the record):
+
+- ``mano_global_orient [2, 3]``: wrist rotation in MediaPipe's hand world frame, whose axes follow the
+  image (x right, y down, z away from the camera), so it is the hand's orientation in the camera frame
+  under a weak-perspective view of the hand crop;
+- ``mano_hand_pose [2, 15, 3]``: finger rotations relative to the **flat hand**, in MANO's joint order
+  (index, middle, pinky, ring, thumb; 3 joints each), which is SMPL-X's ``left_hand_pose`` /
+  ``right_hand_pose`` order and frame: use them as SMPL-X hand poses with ``flat_hand_mean=True`` (the
+  project's body models), or subtract the model's ``hands_mean`` for smplx's default ``flat_hand_mean=False``;
+- ``mano_betas [2, 10]``: MANO shape; ``hand_scale [2]``: the fitted scale of the MANO hand;
+- ``has_hands [2]``: True where a hand was fitted; ``conf_hands [2]``: the keypoints stage's hand
+  presence times ``exp(-(rmse / residual_scale)^2)`` of the fit.
+
+Hands without landmarks, and rows an earlier stage failed, get the schema's fill values
+(``has_hands`` False). A hand whose landmarks are not finite fails its row (``error_stage = "hands"``).
+See ``docs/hands_face.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+import schemas
+from annotators.base import Batch, ErrorPolicy, STAGES, StageResources, batch_len, good_rows, mark_failed
+from fitting.hand_ik import HandIkOptions, HandKeypoints, fit_confidence, solve_hand_ik
+from model.body_models import MANO
+from model.checkpoints import torch_device
+
+log = logging.getLogger(__name__)
+
+HAND_FIELDS = ("mano_global_orient", "mano_hand_pose", "mano_betas", "hand_scale", "has_hands", "conf_hands")
+"""Columns the stage writes."""
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class FitStageConfig:
+    """Settings shared by the fitting stages ``hands/mano-ik`` and ``face/flame-fit``."""
+
+    body_models: str = ""
+    """Body-model folder in the official layout (the pipeline fills it from ``--body-models``)."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    dtype: str = "float64"
+    """``float64`` or ``float32`` for the solve."""
+    chunk_size: int = 256
+    """Most hands / faces per solve (larger batches are split)."""
+    residual_scale: float = 1.0
+    """Fit error at which the confidence factor is ``exp(-1)`` (unit: see each stage)."""
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if not self.body_models:
+            raise ValueError(f"{name}.body_models is empty: give the body-model folder (or run through "
+                             "`pearl annotate`, which fills it from --body-models)")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"{name}.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.residual_scale <= 0 or self.chunk_size < 1:
+            raise ValueError(f"{name}.residual_scale must be positive and chunk_size at least 1")
+        check_options = getattr(super(), "__post_init__", None)
+        if check_options is not None:  # the solver options this config also is
+            check_options()
+
+
+@dataclass(frozen=True)
+class ManoIkConfig(FitStageConfig, HandIkOptions):
+    """Settings of the ``hands/mano-ik`` stage: the solver's (:class:`fitting.hand_ik.HandIkOptions`) and
+    the stage's (:class:`FitStageConfig`)."""
+
+    residual_scale: float = 0.015
+    """Fit RMSE (metres) at which the confidence factor is ``exp(-1)``."""
+
+
+class FitStage:
+    """What the fitting stages share: the model loads on first use on the configured device (and is left
+    out of pickles), the input columns are checked, outputs start from the schema's fill values, and a
+    row with unusable input fails (or raises, with :attr:`ErrorPolicy.RAISE`)."""
+
+    name = "fit"
+    version = "1"
+    default_backend = True
+    resources = StageResources(num_cpus=1.0, batch_size=64)
+    """Default actor resources (give it ``num_gpus`` in the stage spec to solve on a GPU)."""
+    inputs: tuple[str, ...] = ()
+    """Columns the stage needs."""
+    outputs: tuple[str, ...] = ()
+    """Columns the stage writes."""
+
+    def __init__(self, config: FitStageConfig, policy: ErrorPolicy = ErrorPolicy.QUARANTINE):
+        self.config = config
+        self.policy = policy
+        self._layer: torch.nn.Module | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_layer": None}  # the body model loads on first use, on the worker
+
+    def layer(self) -> Any:
+        """The model layer the solver uses, on the configured device and dtype (built once)."""
+        if self._layer is None:
+            device, dtype = torch_device(self.config.device), DTYPES[self.config.dtype]
+            self._layer = self.build_layer().to(device=device, dtype=dtype)
+        return self._layer
+
+    def build_layer(self) -> torch.nn.Module:
+        """Load the body model and make the solver's layer (subclasses)."""
+        raise NotImplementedError
+
+    def start(self, batch: Batch) -> tuple[int, Batch]:
+        """Row count and the output columns filled with the schema's fill values; checks the inputs."""
+        for col in self.inputs:
+            if col not in batch:
+                raise KeyError(f"{self.name} stage needs a {col!r} column (run a keypoints stage first); "
+                               f"got {sorted(batch)}")
+        n = batch_len(batch)
+        return n, {k: np.repeat(np.asarray(v)[None], n, axis=0) for k, v in schemas.fill_values(self.outputs).items()}
+
+    def chunks(self, where: np.ndarray, values: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """``(where[i:j], values[i:j])``, ``chunk_size`` at a time, the values as a tensor on the layer's
+        device and dtype (``where  # [M, ...]`` says where each of ``values  # [M, ...]`` goes)."""
+        ref = next(b for b in self.layer().buffers() if b.is_floating_point())
+        for start in range(0, len(where), self.config.chunk_size):
+            stop = start + self.config.chunk_size
+            yield where[start:stop], torch.as_tensor(values[start:stop], dtype=ref.dtype, device=ref.device)
+
+    def refuse(self, batch: Batch, row: int, reason: str) -> None:
+        """Fail ``row`` for ``reason`` (raise under :attr:`ErrorPolicy.RAISE`)."""
+        if self.policy is ErrorPolicy.RAISE:
+            raise ValueError(reason)
+        mark_failed(batch, row, self.name, reason)
+
+
+@STAGES.register("hands/mano-ik")
+class ManoIkStage(FitStage):
+    """MANO hands by inverse kinematics on MediaPipe's 3D hand landmarks (see the module docstring).
+
+    Reads ``mp_hand_landmarks_3d [2, 21, 3]``, ``has_hands [2]`` and ``conf_hands [2]`` (optional, 1 when
+    absent); writes :data:`HAND_FIELDS`. MANO loads on first use.
+    """
+
+    name = "hands"
+    config_class = ManoIkConfig
+    inputs = ("mp_hand_landmarks_3d", "has_hands")
+    outputs = HAND_FIELDS
+
+    def build_layer(self) -> HandKeypoints:
+        return HandKeypoints(MANO.from_dir(self.config.body_models, "right"))
+
+    def __call__(self, batch: Batch) -> Batch:
+        n, out = self.start(batch)
+        presence = np.asarray(batch["conf_hands"], np.float32) if "conf_hands" in batch else np.ones((n, 2), np.float32)
+        where, targets = [], []
+        for i in np.flatnonzero(good_rows(batch)):
+            landmarks = np.asarray(batch["mp_hand_landmarks_3d"][i], np.float64)
+            sides = np.flatnonzero(np.asarray(batch["has_hands"][i], bool))
+            reason = _landmark_problem(landmarks, sides)
+            if reason:
+                self.refuse(batch, i, reason)
+                continue
+            for side in sides:
+                where.append((i, side))
+                targets.append(landmarks[side])
+        if where:
+            self._fit(out, np.array(where), np.stack(targets), presence)
+        batch.update(out)
+        return batch
+
+    def _fit(self, out: Batch, where: np.ndarray, targets: np.ndarray, presence: np.ndarray) -> None:
+        """Solve the hands ``targets  # [H, 21, 3]`` at ``where  # [H, 2]`` (row, side) into ``out``."""
+        cfg = self.config
+        for part, target in self.chunks(where, targets):
+            rows, sides = part.T
+            result = solve_hand_ik(self.layer(), target, torch.as_tensor(sides == 0, device=target.device), cfg)
+            fit_conf = fit_confidence(result.rmse, cfg.residual_scale).cpu().numpy()
+            betas = np.zeros((len(rows), out["mano_betas"].shape[-1]), np.float32)
+            k = min(betas.shape[1], result.betas.shape[1])
+            betas[:, :k] = result.betas[:, :k].cpu().numpy()
+            out["mano_global_orient"][rows, sides] = result.global_orient.cpu().numpy()
+            out["mano_hand_pose"][rows, sides] = result.hand_pose.cpu().numpy()
+            out["mano_betas"][rows, sides] = betas
+            out["hand_scale"][rows, sides] = result.scale.cpu().numpy()
+            out["has_hands"][rows, sides] = True
+            out["conf_hands"][rows, sides] = np.clip(presence[rows, sides], 0.0, 1.0) * fit_conf
+            log.debug("mano-ik: %d hands, rmse mm %s", len(rows), np.round(result.rmse.cpu().numpy() * 1e3, 1))
+
+
+def _landmark_problem(landmarks: np.ndarray, sides: np.ndarray) -> str:
+    """Why one row's ``mp_hand_landmarks_3d`` cannot be fitted, or ``""``."""
+    if landmarks.shape != (2, 21, 3):
+        return f"column 'mp_hand_landmarks_3d' must hold [2, 21, 3] arrays, got {list(landmarks.shape)}"
+    for side in sides:
+        hand = landmarks[side]
+        name = ("left", "right")[side]
+        if not np.isfinite(hand).all():
+            return f"column 'mp_hand_landmarks_3d': the {name} hand has NaN or infinite landmarks"
+        if np.ptp(hand, axis=0).max() <= 0:
+            return f"column 'mp_hand_landmarks_3d': the {name} hand's landmarks all coincide although has_hands is set"
+    return ""

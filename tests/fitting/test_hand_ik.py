@@ -1,0 +1,185 @@
+"""Hand inverse kinematics on the synthetic kit's MANO: known poses in, the same poses out."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fitting.hand_ik import (
+    MANO_TIP_VERTICES,
+    MANO_TO_MEDIAPIPE,
+    HandIkOptions,
+    HandKeypoints,
+    least_squares,
+    mirror_points,
+    mirror_rotvec,
+    rotation_angle,
+    rotation_between,
+    similarity_align,
+    solve_hand_ik,
+    solve_right_hand_ik,
+)
+from model.assets.catalog import asset_file
+from model.assets.loaders import load_mano_smplx_ids
+from model.body_models import MANO, SMPLX
+from model.rotations import rotvec_to_rotmat
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def manos(kit_dir):
+    return {side: MANO.from_dir(kit_dir, side).to(F64) for side in ("right", "left")}
+
+
+@pytest.fixture(scope="module")
+def layer(manos):
+    return HandKeypoints(manos["right"])
+
+
+def mano_landmarks(mano: MANO, **params) -> torch.Tensor:
+    """The 21 MediaPipe-ordered points of a full MANO forward pass (joints + fingertip vertices)."""
+    out = mano(**params)
+    return torch.cat([out.joints, out.vertices[:, list(MANO_TIP_VERTICES)]], 1)[:, list(MANO_TO_MEDIAPIPE)]
+
+
+def bending_poses(layer: HandKeypoints, n: int, seed: int, max_angle: float = 1.2) -> torch.Tensor:
+    """Random finger poses ``[n, 15, 3]`` whose joints bend without twisting about their bones (what
+    21 points can determine), up to ``max_angle`` rad per joint."""
+    g = torch.Generator().manual_seed(seed)
+    bones = layer.rest_bones()
+    axis = torch.randn(n, 15, 3, generator=g, dtype=F64)
+    axis = axis - (axis * bones).sum(-1, keepdim=True) * bones
+    axis = axis / axis.norm(dim=-1, keepdim=True)
+    return axis * torch.rand(n, 15, 1, generator=g, dtype=F64) * max_angle
+
+
+def random_orient(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, 3, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def test_rotation_between_turns_a_onto_b():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(50, 3, generator=g, dtype=F64), torch.randn(50, 3, generator=g, dtype=F64)
+    a[0], b[0] = torch.tensor([1.0, 2.0, 3.0]), -torch.tensor([1.0, 2.0, 3.0])  # antiparallel
+    a[1], b[1] = torch.tensor([0.0, 0.0, 2.0]), torch.tensor([0.0, 0.0, 5.0])  # parallel: no rotation
+    turned = (rotvec_to_rotmat(rotation_between(a, b)) @ a[..., None])[..., 0]
+    unit = b / b.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(turned / turned.norm(dim=-1, keepdim=True), unit)
+    assert rotation_between(a, b)[1].norm() < 1e-12
+    # the smallest rotation: its axis is perpendicular to both directions
+    r = rotation_between(a[2:], b[2:])
+    assert (r * a[2:]).sum(-1).abs().max() < 1e-9 and (r * b[2:]).sum(-1).abs().max() < 1e-9
+
+
+def test_similarity_align_recovers_a_known_similarity():
+    g = torch.Generator().manual_seed(1)
+    src = torch.randn(4, 6, 3, generator=g, dtype=F64)
+    rot = rotvec_to_rotmat(torch.randn(4, 3, generator=g, dtype=F64))
+    scale = torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=F64)
+    shift = torch.randn(4, 3, generator=g, dtype=F64)
+    dst = scale[:, None, None] * src @ rot.transpose(1, 2) + shift[:, None]
+    r, s, t = similarity_align(src, dst)
+    torch.testing.assert_close(r, rot)
+    torch.testing.assert_close(s, scale)
+    torch.testing.assert_close(t, shift)
+    # a mirror image is not a rotation: the fit stays a proper rotation
+    r, _, _ = similarity_align(src, mirror_points(src))
+    assert torch.allclose(torch.linalg.det(r), torch.ones(4, dtype=F64))
+    with pytest.raises(ValueError, match="source"):
+        similarity_align(src, dst[:, :5])
+
+
+def test_mirror_rotvec_is_the_rotation_seen_in_the_mirror():
+    v = torch.randn(20, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
+    m = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=F64))
+    torch.testing.assert_close(rotvec_to_rotmat(mirror_rotvec(v)), m @ rotvec_to_rotmat(v) @ m)
+
+
+def test_hand_keypoints_equal_the_full_mano_forward(manos, layer):
+    g = torch.Generator().manual_seed(3)
+    pose = torch.randn(5, 15, 3, generator=g, dtype=F64) * 0.5
+    orient = torch.randn(5, 3, generator=g, dtype=F64)
+    betas = torch.randn(5, 10, generator=g, dtype=F64)
+    expected = mano_landmarks(manos["right"], betas=betas, global_orient=orient, hand_pose=pose)
+    rotmats = rotvec_to_rotmat(torch.cat([orient[:, None], pose], 1))
+    torch.testing.assert_close(layer(betas, rotmats), expected)
+
+
+def test_ik_recovers_a_right_hand_pose_to_under_one_degree(manos, layer):
+    pose, orient = bending_poses(layer, 8, seed=4), random_orient(8, 5)
+    offset = torch.tensor([0.02, -0.01, 0.4], dtype=F64)
+    target = 1.1 * mano_landmarks(manos["right"], global_orient=orient, hand_pose=pose) + offset
+    result = solve_right_hand_ik(layer, target)
+    assert rotation_angle(result.hand_pose, pose).rad2deg().mean() < 1.0
+    assert rotation_angle(result.global_orient, orient).rad2deg().max() < 1.0
+    torch.testing.assert_close(result.scale, torch.full((8,), 1.1, dtype=F64), atol=0.01, rtol=0)
+    assert result.rmse.max() < 5e-4  # metres
+    torch.testing.assert_close(result.keypoints, target, atol=2e-3, rtol=0)
+
+
+def test_ik_recovers_a_left_hand_through_the_mirror(manos, layer):
+    right_pose, orient = bending_poses(layer, 8, seed=6), random_orient(8, 7)
+    left_pose = mirror_rotvec(right_pose)
+    target = mano_landmarks(manos["left"], global_orient=orient, hand_pose=left_pose)
+    result = solve_hand_ik(layer, target, torch.ones(8, dtype=torch.bool))
+    assert rotation_angle(result.hand_pose, left_pose).rad2deg().mean() < 1.0
+    assert rotation_angle(result.global_orient, orient).rad2deg().max() < 1.0
+    assert result.rmse.max() < 5e-4
+    # the mirror round trip: the same hand seen as a right hand's mirror image gives the mirrored pose
+    as_right = solve_right_hand_ik(layer, mirror_points(target))
+    torch.testing.assert_close(mirror_rotvec(as_right.hand_pose), result.hand_pose)
+    # solved as a right hand, a left hand fits badly: sides are not interchangeable
+    assert solve_right_hand_ik(layer, target).rmse.mean() > 5 * result.rmse.mean()
+
+
+def test_ik_output_is_the_smplx_hand_pose(kit_dir, layer):
+    """Poses come out in SMPL-X's left/right_hand_pose convention (flat hand = zero, same joint order)."""
+    smplx = SMPLX.from_dir(kit_dir).to(F64)
+    ids = load_mano_smplx_ids(asset_file(kit_dir, "mano_smplx_ids"))
+    left_pose, right_pose = mirror_rotvec(bending_poses(layer, 3, seed=8)), bending_poses(layer, 3, seed=9)
+    out = smplx(global_orient=random_orient(3, 10), left_hand_pose=left_pose, right_hand_pose=right_pose)
+    for side, wrist, first, pose in (("left", 20, 25, left_pose), ("right", 21, 40, right_pose)):
+        joints = torch.cat([out.joints[:, [wrist]], out.joints[:, first:first + 15]], 1)
+        tips = out.vertices[:, ids[f"{side}_hand"][list(MANO_TIP_VERTICES)]]
+        target = torch.cat([joints, tips], 1)[:, list(MANO_TO_MEDIAPIPE)]
+        result = solve_hand_ik(layer, target, torch.full((3,), side == "left"))
+        assert rotation_angle(result.hand_pose, pose).rad2deg().mean() < 1.0, side
+
+
+def test_ik_fits_shape_and_scale(manos, layer):
+    betas = torch.randn(4, 10, generator=torch.Generator().manual_seed(11), dtype=F64)
+    pose, orient = bending_poses(layer, 4, seed=12, max_angle=0.8), random_orient(4, 13)
+    target = 0.9 * mano_landmarks(manos["right"], betas=betas, global_orient=orient, hand_pose=pose)
+    fitted = solve_right_hand_ik(layer, target)
+    rigid = solve_right_hand_ik(layer, target, HandIkOptions(fit_shape=False))
+    assert fitted.rmse.max() < 1.5e-3 and (fitted.rmse < rigid.rmse).all()
+    assert (rigid.betas == 0).all() and fitted.betas.abs().sum() > 0
+    assert rotation_angle(fitted.hand_pose, pose).rad2deg().mean() < 3.0
+
+
+def test_least_squares_solves_independent_samples_with_a_vectorised_jacobian():
+    target = torch.randn(3, 5, generator=torch.Generator().manual_seed(14), dtype=F64)
+
+    def residuals_to(goal):  # [B, 6]: x[:, :5] * x[:, 5] should equal the goal, x[:, 5] near 2
+        return lambda x: torch.cat([x[:, :5] * x[:, 5:] - goal, 10.0 * (x[:, 5:] - 2.0)], dim=1)
+
+    start = torch.ones(3, 6, dtype=F64)
+    x, report = least_squares(residuals_to(target), start, iterations=8, chunk=4)  # chunks smaller than the batch
+    torch.testing.assert_close(x[:, :5] * x[:, 5:], target, atol=1e-6, rtol=0)
+    assert (report.loss < 1e-8).all() and (report.first_loss > 1.0).all()
+    alone, _ = least_squares(residuals_to(target[1:2]), start[1:2], iterations=8)  # samples do not interact
+    torch.testing.assert_close(alone, x[1:2])
+
+
+def test_bad_landmarks_are_refused(layer):
+    with pytest.raises(ValueError, match=r"target: expected hand landmarks \[N, 21, 3\]"):
+        solve_right_hand_ik(layer, torch.zeros(2, 20, 3, dtype=F64))
+    with pytest.raises(ValueError, match="NaN"):
+        solve_right_hand_ik(layer, torch.full((1, 21, 3), float("nan"), dtype=F64))
+    with pytest.raises(ValueError, match="MANO model is torch.float64"):
+        solve_right_hand_ik(layer, torch.zeros(1, 21, 3))
+    with pytest.raises(ValueError, match="is_left"):
+        solve_hand_ik(layer, torch.zeros(2, 21, 3, dtype=F64), torch.zeros(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="point_sigma"):
+        HandIkOptions(point_sigma=0.0)
