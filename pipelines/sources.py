@@ -132,9 +132,13 @@ def _discover_one(url: str, *, image_root: str | None, video_stride: int) -> lis
         return video_samples(url, name, video_stride)
     if ext == ".json":
         return coco_samples(url, image_root=image_root)
+    if ext in (".tar", ".npz"):
+        from pipelines.smpl_sources import smpl_source_samples  # imports this module: keep it local
+
+        return smpl_source_samples(url, image_root=image_root)
     raise SourceError(
         f"input {url} is not a folder, an image ({', '.join(IMAGE_EXTENSIONS)}), a video "
-        f"({', '.join(VIDEO_EXTENSIONS)}) or a COCO .json file"
+        f"({', '.join(VIDEO_EXTENSIONS)}), a COCO .json file, a 4D-Humans-style .tar or a SPIN-style .npz"
     )
 
 
@@ -283,7 +287,9 @@ def label_boxes(labels: str) -> np.ndarray:
     """``[N, 4]`` float32 xyxy boxes from a :attr:`Sample.labels` string (``[0, 4]`` for no labels)."""
     if not labels:
         return np.zeros((0, 4), dtype=np.float32)
-    return np.asarray(json.loads(labels), dtype=np.float32).reshape(-1, 4)
+    entries = json.loads(labels)  # boxes, or per-person objects with a "box" (SMPL-labelled sources)
+    boxes = [e["box"] if isinstance(e, dict) else e for e in entries]
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
 
 
 EMPTY_IMAGE = np.zeros((0, 0, 3), dtype=np.uint8)

@@ -1,0 +1,269 @@
+"""SMPLify-X-style batched fit of SMPL-X bodies to 2D body keypoints (the body annotator's fallback when a
+sample has no SMPL label).
+
+**Keypoint layouts** (:data:`KEYPOINT_LAYOUTS`) say which SMPL-X point each 2D keypoint of a layout is:
+a skeleton joint (``layouts.SMPLX_JOINTS``) or one of smplx's vertex keypoints (nose, eyes, ears, toes,
+heels: :data:`model.body_models.SMPLX_KEYPOINT_NAMES`). Keypoints whose definition differs much between
+datasets and SMPL-X (neck, head top, pelvis, thorax) are left out.
+
+**The fit** (:func:`fit_smplx_to_keypoints`), per sample, with fixed iteration budgets:
+
+1. *Camera from the torso.* The rest-pose body is turned to face the camera (and, as a second
+   hypothesis, away from it); for each, the translation that best projects its shoulders and hips onto
+   the keypoints comes from :func:`fitting.camera.solve_translation` (all confident keypoints if the torso
+   is not visible, the box otherwise). ``orient_iterations`` Adam steps then fit the global orientation
+   and translation to the torso keypoints, and the hypothesis with the lower torso loss is kept.
+2. *Body.* ``iterations`` Adam steps on global orientation, body pose, betas and translation minimise
+   :func:`smplify_objective`: a Geman-McClure robust reprojection term over the confident keypoints (in
+   units of the person box's longer side, so that the weights do not depend on the image resolution),
+   plus the pose prior, joint limits (:mod:`fitting.priors`) and a shape prior.
+
+The intrinsics are fixed (the record's ``cam_intrinsics``); the result is in the OpenCV camera frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from fitting.camera import project, solve_translation, translation_from_box
+from fitting.priors import joint_limit_penalty, pose_prior, shape_prior
+from fitting.solvers import minimize_adam
+from fitting.transfer_posing import PartialModel, pose_rotmats, shape_coefficients
+from model.assets.layouts import SMPLX_JOINTS
+from model.body_models import SMPLX, SMPLX_KEYPOINT_NAMES
+from model.rotations import rotmat_to_rotvec, rotvec_to_rotmat
+
+MODEL_POINTS: tuple[str, ...] = tuple(SMPLX_JOINTS) + SMPLX_KEYPOINT_NAMES
+"""The SMPL-X points keypoints can name: the 55 joints, then the 21 vertex keypoints."""
+TORSO = ("left_shoulder", "right_shoulder", "left_hip", "right_hip")
+"""Points the camera stage fits."""
+
+
+@dataclass(frozen=True)
+class KeypointLayout:
+    """A 2D keypoint layout and the SMPL-X point of each keypoint it shares with SMPL-X."""
+
+    name: str
+    size: int
+    """Keypoints in the layout."""
+    pairs: tuple[tuple[int, str], ...]
+    """(keypoint index, SMPL-X point name in :data:`MODEL_POINTS`)."""
+
+    def index_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """Keypoint indices ``[P]`` and the matching :data:`MODEL_POINTS` indices ``[P]``."""
+        return (np.array([i for i, _ in self.pairs], np.int64),
+                np.array([MODEL_POINTS.index(n) for _, n in self.pairs], np.int64))
+
+
+def _pairs(names: list[str | None]) -> tuple[tuple[int, str], ...]:
+    return tuple((i, n) for i, n in enumerate(names) if n is not None)
+
+
+_COCO17 = ["nose", "leye", "reye", "lear", "rear", "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
+           "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle"]
+_FEET6 = ["LBigToe", "LSmallToe", "LHeel", "RBigToe", "RSmallToe", "RHeel"]
+_OPENPOSE25 = ["nose", None, "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
+               "left_wrist", None, "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",
+               "reye", "leye", "rear", "lear"] + _FEET6
+_SPIN24 = ["right_ankle", "right_knee", "right_hip", "left_hip", "left_knee", "left_ankle", "right_wrist",
+           "right_elbow", "right_shoulder", "left_shoulder", "left_elbow", "left_wrist",
+           None, None, None, None, None, None, None,  # neck, head top, pelvis, thorax, spine, jaw, head
+           "nose", "leye", "reye", "lear", "rear"]
+
+KEYPOINT_LAYOUTS: dict[str, KeypointLayout] = {
+    layout.name: layout for layout in (
+        KeypointLayout("coco_wholebody", 133, _pairs(_COCO17 + _FEET6)),
+        KeypointLayout("coco17", 17, _pairs(_COCO17)),
+        KeypointLayout("openpose25", 25, _pairs(_OPENPOSE25)),
+        KeypointLayout("openpose25+19", 44, _pairs(_OPENPOSE25 + _SPIN24[:12] + [None] * 7)),
+        KeypointLayout("spin24", 24, _pairs(_SPIN24)),
+    )
+}
+"""Layouts by name: ``coco_wholebody`` (the record's ``kp2d_wholebody``: body 17 and feet 6), ``coco17``,
+``openpose25`` (BODY_25), ``openpose25+19`` (4D-Humans / SPIN: BODY_25 then 19 ground-truth joints, of which
+the 12 limb joints are used) and ``spin24`` (SPIN's 24 ground-truth joints, the ``part`` array of SPIN npz
+files: limbs and face points)."""
+
+
+def keypoint_layout(name: str) -> KeypointLayout:
+    """The layout called ``name``; ``KeyError`` listing the known ones."""
+    try:
+        return KEYPOINT_LAYOUTS[name]
+    except KeyError:
+        raise KeyError(f"unknown keypoint layout {name!r}; known: {', '.join(KEYPOINT_LAYOUTS)}") from None
+
+
+@dataclass
+class SmplifyConfig:
+    """Settings of the keypoint fit."""
+
+    orient_iterations: int = 40
+    """Adam steps of the torso stage (global orientation and translation)."""
+    iterations: int = 150
+    """Adam steps of the body stage."""
+    lr: float = 0.03
+    """Adam step size of both stages (radians, metres and beta units per step), decayed to a tenth."""
+    min_confidence: float = 0.3
+    """Keypoints with a lower confidence are ignored."""
+    robust_sigma: float = 0.1
+    """Geman-McClure scale, as a fraction of the person box's longer side."""
+    pose_prior_weight: float = 1e-3
+    """Weight of :func:`fitting.priors.pose_prior`."""
+    joint_limit_weight: float = 1.0
+    """Weight of :func:`fitting.priors.joint_limit_penalty`."""
+    shape_prior_weight: float = 1e-3
+    """Weight of :func:`fitting.priors.shape_prior`."""
+    default_height_m: float = 1.7
+    """Body height assumed to place the body from its box when no torso keypoint is confident."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Objective (small pure functions; the refinement reuses them)
+# --------------------------------------------------------------------------------------------------
+
+
+def geman_mcclure(residual_sq: Tensor, sigma: float) -> Tensor:
+    """Geman-McClure robust cost ``sigma^2 r^2 / (sigma^2 + r^2)`` of squared residuals (same shape)."""
+    s2 = sigma * sigma
+    return s2 * residual_sq / (s2 + residual_sq)
+
+
+def keypoint_data_term(projected: Tensor, observed: Tensor, weights: Tensor, scale: Tensor, sigma: float) -> Tensor:
+    """Weighted mean robust reprojection cost ``[B]``.
+
+    projected  # [B, K, 2] model points in pixels
+    observed   # [B, K, 2] keypoints in pixels
+    weights    # [B, K] confidences (0: ignored)
+    scale      # [B] pixels per unit residual (the person box's longer side)
+    """
+    r2 = ((projected - observed) ** 2).sum(-1) / (scale[:, None] ** 2)
+    return (weights * geman_mcclure(r2, sigma)).sum(-1) / weights.sum(-1).clamp(min=1e-6)
+
+
+def smplify_objective(projected: Tensor, observed: Tensor, weights: Tensor, scale: Tensor, body_pose: Tensor,
+                      betas: Tensor, config: SmplifyConfig) -> Tensor:
+    """Data term plus weighted priors, ``[B]`` (``body_pose  # [B, 21, 3]``, ``betas  # [B, S]``)."""
+    return (keypoint_data_term(projected, observed, weights, scale, config.robust_sigma)
+            + config.pose_prior_weight * pose_prior(body_pose)
+            + config.joint_limit_weight * joint_limit_penalty(body_pose)
+            + config.shape_prior_weight * shape_prior(betas))
+
+
+def reprojection_px(projected: Tensor, observed: Tensor, weights: Tensor) -> Tensor:
+    """Mean pixel distance over keypoints with weight ``[B]`` (NaN where none has)."""
+    used = weights > 0
+    dist = (projected - observed).norm(dim=-1)
+    count = used.sum(-1)
+    mean = (dist * used).sum(-1) / count.clamp(min=1)
+    return torch.where(count > 0, mean, torch.full_like(mean, float("nan")))
+
+
+# --------------------------------------------------------------------------------------------------
+# The fit
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SmplifyResult:
+    """SMPL-X bodies fitted to keypoints (OpenCV camera frame)."""
+
+    params: dict[str, Tensor]
+    """``global_orient [B, 3]``, ``body_pose [B, 21, 3]``, ``betas [B, S]``, ``transl [B, 3]``."""
+    reprojection_px: Tensor
+    """[B] mean pixel distance of the used keypoints after the fit."""
+    initial_reprojection_px: Tensor
+    """[B] the same after the torso stage (before the body stage)."""
+    loss: Tensor
+    """[B] final :func:`smplify_objective`."""
+
+
+class KeypointFitter(torch.nn.Module):
+    """The model points of SMPL-X (joints and vertex keypoints), posed cheaply, and the fit."""
+
+    def __init__(self, smplx: SMPLX, config: SmplifyConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or SmplifyConfig()
+        self.part = PartialModel(smplx, smplx.keypoint_ids)
+
+    def points(self, params: Mapping[str, Tensor]) -> Tensor:
+        """Camera-frame :data:`MODEL_POINTS` ``[B, 76, 3]`` of SMPL-X bodies (missing pose parts are zero)."""
+        model = self.part.model
+        n = params["global_orient"].shape[0]
+        rot = pose_rotmats(model, {k: params[k] for k in ("global_orient", "body_pose") if k in params}, n)
+        coeffs = shape_coefficients(model, {"betas": params["betas"]}, n)
+        verts, joints, _ = self.part(coeffs, rot, params["transl"])
+        return torch.cat([joints, verts], dim=1)
+
+    def fit(self, keypoints: Tensor, layout: KeypointLayout, intrinsics: Tensor, boxes: Tensor) -> SmplifyResult:
+        """Fit SMPL-X to ``keypoints [B, layout.size, 3]`` (x px, y px, confidence) seen through
+        ``intrinsics [B, 3, 3]``; ``boxes [B, 4]`` (xyxy px) set the residual scale and the fallback placement."""
+        cfg = self.config
+        if keypoints.dim() != 3 or keypoints.shape[1:] != (layout.size, 3):
+            raise ValueError(f"keypoints: expected shape [B, {layout.size}, 3] ({layout.name}), "
+                             f"got {list(keypoints.shape)}")
+        model = self.part.model
+        dtype, device = model.v_template.dtype, model.v_template.device
+        b = keypoints.shape[0]
+        kp_idx, model_idx = (torch.as_tensor(a, device=device) for a in layout.index_arrays())
+        observed = keypoints[:, kp_idx, :2].to(dtype)
+        conf = keypoints[:, kp_idx, 2].to(dtype)
+        weights = torch.where(conf >= cfg.min_confidence, conf, torch.zeros_like(conf))
+        scale = (boxes[:, 2:] - boxes[:, :2]).amax(-1).to(dtype).clamp(min=1.0)
+        torso = torch.tensor([MODEL_POINTS.index(n) for n in TORSO], device=device)
+        torso_w = weights * torch.isin(model_idx, torso).to(dtype)[None]
+        nb = model.shape_sizes["betas"]
+
+        # -- stage 1: camera from the torso, two orientation hypotheses ----------------------------
+        front = torch.tensor([torch.pi, 0.0, 0.0], dtype=dtype, device=device)
+        away = rotmat_to_rotvec(rotvec_to_rotmat(torch.tensor([0.0, torch.pi, 0.0], dtype=dtype, device=device))
+                                @ rotvec_to_rotmat(front))
+        orient = torch.cat([front.expand(b, 3), away.expand(b, 3)])
+        zeros = {"betas": torch.zeros(2 * b, nb, dtype=dtype, device=device),
+                 "transl": torch.zeros(2 * b, 3, dtype=dtype, device=device)}
+        two = lambda x: torch.cat([x, x])  # noqa: E731 - both hypotheses share the observations
+        with torch.no_grad():
+            rest = self.points({"global_orient": orient} | zeros)[:, model_idx]
+            use_w = torch.where((torso_w > 0).sum(1, keepdim=True) >= 2, torso_w, weights)
+            t, ok = solve_translation(rest, two(observed), two(use_w), two(intrinsics.to(dtype)))
+            height = torch.full((2 * b,), cfg.default_height_m, dtype=dtype, device=device)
+            placed = translation_from_box(height, two(boxes.to(dtype)), two(intrinsics.to(dtype)))
+            t = torch.where(ok[:, None], t, placed)
+        global_orient = orient.clone().requires_grad_(True)
+        transl = t.clone().requires_grad_(True)
+
+        def torso_loss() -> Tensor:
+            pts = self.points({"global_orient": global_orient, "transl": transl, "betas": zeros["betas"]})[:, model_idx]
+            return keypoint_data_term(project(pts, two(intrinsics.to(dtype))), two(observed), two(use_w), two(scale),
+                                      cfg.robust_sigma)
+
+        stage1 = minimize_adam([global_orient, transl], torso_loss, iterations=cfg.orient_iterations, lr=cfg.lr,
+                               lr_final=cfg.lr * 0.1)
+        pick = (stage1.loss[b:] < stage1.loss[:b])
+        choose = lambda x: torch.where(pick.reshape(-1, *([1] * (x.dim() - 1))), x[b:], x[:b])  # noqa: E731
+        params = {"global_orient": choose(global_orient.detach()).clone().requires_grad_(True),
+                  "body_pose": torch.zeros(b, 21, 3, dtype=dtype, device=device, requires_grad=True),
+                  "betas": torch.zeros(b, nb, dtype=dtype, device=device, requires_grad=True),
+                  "transl": choose(transl.detach()).clone().requires_grad_(True)}
+        k = intrinsics.to(dtype)
+
+        def projected() -> Tensor:
+            return project(self.points(params)[:, model_idx], k)
+
+        with torch.no_grad():
+            initial = reprojection_px(projected(), observed, weights)
+
+        # -- stage 2: the body -----------------------------------------------------------------------
+        def body_loss() -> Tensor:
+            return smplify_objective(projected(), observed, weights, scale, params["body_pose"], params["betas"], cfg)
+
+        result = minimize_adam(list(params.values()), body_loss, iterations=cfg.iterations, lr=cfg.lr,
+                               lr_final=cfg.lr * 0.1)
+        with torch.no_grad():
+            final = reprojection_px(projected(), observed, weights)
+        return SmplifyResult(params={k: v.detach() for k, v in params.items()}, reprojection_px=final,
+                             initial_reprojection_px=initial, loss=result.loss)

@@ -1,0 +1,166 @@
+"""Forward passes of a body model restricted to chosen vertices, for objectives that need only some.
+
+Fitting rarely needs every vertex: mesh alignment is well determined by a spread subset, and 2D keypoint
+fits need only the joints and a few vertex keypoints. :class:`PartialModel` runs the same math as
+:class:`model.body_models.SkinnedModel` (shape and pose blend shapes, joints from the shaped template,
+linear blend skinning; the functions of :mod:`model.body_models`) on the chosen rows only, so it costs
+``K / V`` of a full pass in the blend shapes and the skinning. Its vertices equal the full model's at the
+same indices (tested).
+
+:meth:`PartialModel.forward_with_jacobian` also returns the Jacobian of the posed vertices with respect to
+the translation, right-multiplied rotation increments of chosen joints (``R_j <- R_j exp([delta_j]x)``)
+and the first shape coefficients, in closed form: a rotation increment ``delta_j`` turns every joint of
+``j``'s subtree about the posed joint ``P_j`` by ``omega = G_j delta_j`` (``G_j`` its world rotation), so
+vertex ``v`` moves by ``omega x s_vj`` with ``s_vj = sum_{k in subtree(j)} w_vk (A_k v~_v - P_j)``
+(``A_k`` the skinning transform, ``v~_v`` the rest point), i.e. ``d x_v / d delta_j = -[s_vj]x G_j``. Shape
+coefficients move rest points and joints linearly and the posed joints along the chain. The derivative
+of the pose blend shapes is left out (they are small, and a Gauss-Newton step only needs a descent
+direction: the residual itself is exact).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from model.body_models import SkinnedModel, blend_skinning, linear_blend, pose_feature, skinning_transforms
+from model.rotations import rotvec_to_rotmat
+
+
+def pose_rotmats(model: SkinnedModel, rotvecs: Mapping[str, Tensor], batch: int) -> Tensor:
+    """Local joint rotations ``[N, J, 3, 3]`` from the model's pose parameters (axis-angle), in joint order.
+
+    rotvecs  # name -> [N, 3] or [N, count, 3] for the names of ``model.POSE_LAYOUT``; missing ones are zero
+    """
+    ref = model.v_template
+    parts = []
+    for name, count in model.POSE_LAYOUT:
+        value = rotvecs.get(name)
+        if value is None:
+            parts.append(torch.zeros(batch, count, 3, dtype=ref.dtype, device=ref.device))
+        else:
+            parts.append(value.reshape(batch, count, 3))
+    unknown = set(rotvecs) - {name for name, _ in model.POSE_LAYOUT}
+    if unknown:
+        raise KeyError(f"{model.NAME} has no pose parameter(s) {sorted(unknown)}")
+    return rotvec_to_rotmat(torch.cat(parts, dim=1))
+
+
+def shape_coefficients(model: SkinnedModel, coeffs: Mapping[str, Tensor], batch: int) -> Tensor:
+    """Concatenated shape (and expression) coefficients ``[N, S]`` in the model's basis order.
+
+    coeffs  # name -> [N, <=size] for the names of ``model.shape_sizes``; missing or short ones are zero-padded
+    """
+    ref = model.v_template
+    parts = []
+    for name, size in model.shape_sizes.items():
+        value = coeffs.get(name)
+        if value is None:
+            value = torch.zeros(batch, size, dtype=ref.dtype, device=ref.device)
+        elif value.shape[-1] < size:
+            value = torch.nn.functional.pad(value, (0, size - value.shape[-1]))
+        parts.append(value)
+    return torch.cat(parts, dim=-1)
+
+
+class PartialModel(nn.Module):
+    """A body model's forward pass on the vertices ``vertex_ids`` only (joints are always all computed).
+
+    The model's buffers are sliced once here; ``.to(dtype / device)`` moves both.
+    """
+
+    def __init__(self, model: SkinnedModel, vertex_ids: Sequence[int] | np.ndarray | Tensor) -> None:
+        super().__init__()
+        ids = torch.as_tensor(np.asarray(vertex_ids), dtype=torch.int64).reshape(-1)
+        if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= model.num_vertices):
+            raise ValueError(f"vertex_ids: must lie in [0, {model.num_vertices}), "
+                             f"got {int(ids.min())}..{int(ids.max())}")
+        self.model = model
+        cols = (ids[:, None] * 3 + torch.arange(3)).reshape(-1)  # coordinates of the chosen rows
+        self.register_buffer("vertex_ids", ids)
+        self.register_buffer("v_template", model.v_template[ids].reshape(-1).clone())  # [K*3]
+        self.register_buffer("shapedirs", model.shapedirs[:, cols].clone())  # [S, K*3]
+        self.register_buffer("posedirs", model.posedirs[:, cols].clone())  # [P, K*3]
+        self.register_buffer("lbs_weights", model.lbs_weights[ids].clone())  # [K, J]
+        weights = self.lbs_weights
+        width = max(int((weights > 0).sum(1).max()), 1) if len(ids) else 1
+        top = torch.topk(weights, width, dim=1)
+        self.register_buffer("skin_joints", top.indices)  # [K, M] joints with non-zero weight (padded)
+        self.register_buffer("skin_weights", top.values)  # [K, M]
+        parents = model.parents
+        ancestor = torch.eye(len(parents), dtype=torch.bool)  # [j, k]: j is k or an ancestor of k
+        for k in range(1, len(parents)):
+            ancestor[:, k] |= ancestor[:, parents[k]]
+        self.register_buffer("ancestor", ancestor)
+
+    @property
+    def num_vertices(self) -> int:
+        return len(self.vertex_ids)
+
+    def forward(
+        self,
+        coeffs: Tensor,  # [N, S] shape (and expression) coefficients, as shape_coefficients()
+        local_rotmats: Tensor,  # [N, J, 3, 3]
+        transl: Tensor,  # [N, 3]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Posed vertices ``[N, K, 3]``, joints ``[N, J, 3]`` and joint world rotations ``[N, J, 3, 3]``."""
+        vertices, joints, world_rot, _, _ = self._pose(coeffs, local_rotmats, transl)
+        return vertices, joints, world_rot
+
+    def _pose(self, coeffs: Tensor, local_rotmats: Tensor, transl: Tensor) -> tuple[Tensor, ...]:
+        n = coeffs.shape[0]
+        rest_joints = self.model.rest_joints(coeffs)
+        world_rot, joints = self.model.tree.chain(local_rotmats, rest_joints)
+        transforms = skinning_transforms(world_rot, joints, rest_joints)
+        terms = [(coeffs, self.shapedirs), (pose_feature(local_rotmats), self.posedirs)]
+        rest = linear_blend(self.v_template, terms).reshape(n, -1, 3)
+        vertices = blend_skinning(rest, self.lbs_weights, transforms)
+        shift = transl[:, None]
+        return vertices + shift, joints + shift, world_rot, rest, transforms
+
+    def forward_with_jacobian(
+        self,
+        coeffs: Tensor,  # [N, S]
+        local_rotmats: Tensor,  # [N, J, 3, 3]
+        transl: Tensor,  # [N, 3]
+        joints: Sequence[int],  # Q joints whose rotation increments are parameters
+        num_coeffs: int,  # the first C shape coefficients are parameters
+    ) -> tuple[Tensor, Tensor]:
+        """Posed vertices ``[N, K, 3]`` and their Jacobian ``[N, K, 3, 3 + 3 Q + C]`` with respect to
+        ``[transl, delta_q for q in joints, coeffs[:, :C]]`` (see the module docstring)."""
+        vertices, posed, world_rot, rest, transforms = self._pose(coeffs, local_rotmats, transl)
+        q = list(joints)
+        # per vertex and skinning slot: A_k v~ (posed point as joint k alone would place it)
+        slot_t = transforms[:, self.skin_joints]  # [N, K, M, 4, 3]
+        moved = torch.einsum("nkmrc,nkr->nkmc", slot_t[..., :3, :], rest) + slot_t[..., 3, :]
+        member = self.ancestor[q][:, self.skin_joints].permute(1, 2, 0)  # [K, M, Q]
+        weighted = member * self.skin_weights[..., None]  # [K, M, Q]
+        span = torch.einsum("kmq,nkmc->nkqc", weighted.to(moved.dtype), moved)
+        span = span - weighted.sum(1).to(moved.dtype)[None, :, :, None] * (posed[:, q] - transl[:, None])[:, None]
+        g_cols = world_rot[:, q].transpose(-1, -2)[:, None]  # [N, 1, Q, 3 (column), 3]
+        d_rot = torch.linalg.cross(g_cols, span[..., None, :], dim=-1)  # [N, K, Q, 3 (column c), 3]: G_c x s
+        d_rot = d_rot.transpose(-1, -2)  # [N, K, Q, 3 (xyz), 3 (increment component)]
+        n, k = vertices.shape[:2]
+        d_shape = self._shape_jacobian(coeffs, world_rot, num_coeffs)  # [N, K, 3, C]
+        eye = torch.eye(3, dtype=vertices.dtype, device=vertices.device).expand(n, k, 3, 3)
+        jac = torch.cat([eye, d_rot.permute(0, 1, 3, 2, 4).reshape(n, k, 3, -1), d_shape], dim=-1)
+        return vertices, jac
+
+    def _shape_jacobian(self, coeffs: Tensor, world_rot: Tensor, num_coeffs: int) -> Tensor:
+        """``d x_v / d coeffs[:, :C]``, ``[N, K, 3, C]``: rotated shape directions plus the moved joints."""
+        n, c = coeffs.shape[0], num_coeffs
+        model = self.model
+        jdirs = model.j_shapedirs[:c].reshape(c, -1, 3).permute(1, 2, 0)  # [J, 3, C] rest joints per coefficient
+        posed = [jdirs[0].expand(n, 3, c)]  # d P_k / d coeffs, filled in joint order (parents first)
+        for k in range(1, model.num_joints):
+            p = model.parents[k]
+            posed.append(posed[p] + world_rot[:, p] @ (jdirs[k] - jdirs[p]))
+        d_posed = torch.stack(posed, dim=1)  # [N, J, 3, C]
+        d_transl = d_posed - world_rot @ jdirs  # [N, J, 3, C]  d T_k
+        w = self.lbs_weights
+        blended_rot = torch.einsum("kj,njrc->nkrc", w, world_rot)  # [N, K, 3, 3]
+        vdirs = self.shapedirs[:c].reshape(c, -1, 3).permute(1, 2, 0)  # [K, 3, C]
+        return blended_rot @ vdirs + torch.einsum("kj,njrc->nkrc", w, d_transl)
