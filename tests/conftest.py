@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# One math thread per process: the suite runs MediaPipe, torch fits and Ray workers side by side on
+# small machines, where oversubscribed thread pools made fits up to 10x slower. Ray workers inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
