@@ -177,7 +177,7 @@ class BodyStage:
 
     name = STAGE
     config_class = BodyConfig
-    resources = StageResources(num_cpus=1.0, batch_size=32)
+    resources = StageResources(num_cpus=0.25, batch_size=32)
     """Default actor resources: batched fitting is faster per row in larger batches; give ``num_gpus`` on GPU."""
     default_backend = True
     version = "1"

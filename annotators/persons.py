@@ -369,7 +369,7 @@ class PersonsStage:
 
     name = "persons/mediapipe"
     config_class = PersonsConfig
-    resources = StageResources(num_cpus=0.5, batch_size=4)
+    resources = StageResources(num_cpus=0.25, batch_size=4)
     default_backend = True
     version = f"{metadata.version('mediapipe')}+pose_full.tiles1"
     """MediaPipe's version, the landmark model and this stage's detection algorithm (bump on changes)."""

@@ -36,8 +36,18 @@ STAGE_ORDER = ("persons", "keypoints", "body", "hands", "face", "refine", "quali
 PERSONS_ANNOTATOR = "persons"
 """The annotator whose stage turns image rows into person rows; every plan starts with it."""
 
-DEFAULT_STAGES = ("persons/mediapipe", "keypoints/mediapipe")
-"""Stages run when neither the config file nor ``--stages`` names any (the embedded MediaPipe backends)."""
+DEFAULT_STAGES = (
+    "persons/mediapipe",
+    "keypoints/mediapipe",
+    "body/auto",
+    "hands/mano-ik",
+    "face/flame-fit",
+    "refine/ehm",
+    "quality/default",
+)
+"""Stages run when neither the config file nor ``--stages`` names any: the whole EHM annotation with the
+embedded backends (MediaPipe, SMPL label transfer or keypoint fit, MANO IK, FLAME fit, refinement, quality).
+Their default CPU shares (0.25 each) fit a 2-core machine beside the read tasks."""
 
 MODES = ("incremental", "overwrite")
 RUNNERS = ("ray", "loop")

@@ -242,6 +242,14 @@ FIELDS: tuple[Field, ...] = (
     _f32("quality_final_loss", (), "1", "none", _Q, "Refinement objective at its last iteration (NaN: not refined).",
          **_NAN),
     _i32("quality_flags", "-", _Q, "Bitmask of QualityFlag bits (see the quality_flags table)."),
+    _f32("quality_silhouette_iou", (), "1", "none", _Q,
+         "IoU of the rendered EHM silhouette and MediaPipe's person segmentation over the person crop "
+         "(NaN: not scored).", **_NAN),
+    _f32("quality_silhouette_boundary_iou", (), "1", "none", _Q,
+         "IoU of the two masks' inner boundary bands along their outlines (NaN: not scored).", **_NAN),
+    _str("quality_loss_terms", _Q,
+         'Refinement loss term ("flame/...", "ehm/...") -> its final weighted value ("{}": not refined).',
+         json_object=True, fill="{}"),
 )
 """The EHM v1 record, in column order."""
 

@@ -93,7 +93,7 @@ class FitStage:
     name = "fit"
     version = "1"
     default_backend = True
-    resources = StageResources(num_cpus=1.0, batch_size=64)
+    resources = StageResources(num_cpus=0.25, batch_size=64)
     """Default actor resources (give it ``num_gpus`` in the stage spec to solve on a GPU)."""
     inputs: tuple[str, ...] = ()
     """Columns the stage needs."""
