@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # run as a file: make the repository's packages i
 
 import schemas  # noqa: E402
 from pipelines import config as cfg  # noqa: E402
+from pipelines.body_models import BodyModels, resolve_body_models  # noqa: E402
 from pipelines.quarantine import QUARANTINE_DIR, clean_quarantine_temporaries  # noqa: E402
 from pipelines.report import build_report, read_all_stats, write_report  # noqa: E402
 from pipelines.runlock import LockedError, RunLock  # noqa: E402
@@ -44,7 +45,6 @@ from pipelines.runner import (  # noqa: E402
     StageContext,
     connect_ray,
     ray_clock,
-    resolve_body_models,
     run_loop,
     run_ray,
     stage_backend,
@@ -97,8 +97,7 @@ class JobPlan:
 
     config: cfg.AnnotateConfig
     shards: list[ShardSpec]
-    body_models: str
-    body_model_kit: str
+    body_models: BodyModels
     config_hash: str
 
     @property
@@ -113,13 +112,13 @@ def plan_job(config: cfg.AnnotateConfig, *, make_kit: bool = True) -> JobPlan:
                                video_stride=config.source.video_stride)
     if config.source.limit is not None:
         samples = samples[: config.source.limit]
-    body_models, kit = resolve_body_models(config.body_models, create=make_kit)
-    return JobPlan(config, plan_shards(samples, config.sink.images_per_shard), body_models, kit,
-                   cfg.config_hash(config))
+    body_models = resolve_body_models(config.body_models, create=make_kit)
+    return JobPlan(config, plan_shards(samples, config.sink.images_per_shard), body_models, cfg.config_hash(config))
 
 
-def describe_plan(plan: JobPlan) -> str:
-    """The resolved config, the stage plan with resources, and the shard plan (what ``--dry-run`` prints)."""
+def describe_plan(plan: JobPlan, runner: str | None = None) -> str:
+    """The resolved config, the stage plan with resources, and the shard plan (what ``--dry-run`` prints);
+    ``runner`` names the runner when it is not the config's (the Beam launcher's ``beam``)."""
     c = plan.config
     lines = ["resolved config:", json.dumps(cfg.to_dict(c), indent=2, sort_keys=True), "", "stage plan:",
              f"  read+decode: tasks, num_cpus={c.source.load_num_cpus}, batch_size={c.source.load_batch_size}"]
@@ -128,13 +127,14 @@ def describe_plan(plan: JobPlan) -> str:
         lines.append(f"  {spec.name}: {r.num_actors} actor(s), num_cpus={r.num_cpus}, num_gpus={r.num_gpus}, "
                      f"batch_size={r.batch_size}, options={json.dumps(spec.options, sort_keys=True)}")
     lines += ["  sink: driver, WebDataset + Parquet + stats + quarantine per shard", "",
-              f"body models: {plan.body_models} ({plan.body_model_kit})", f"config hash: {plan.config_hash}",
+              f"body models: {plan.body_models.folder} ({plan.body_models.kit})", f"config hash: {plan.config_hash}",
               f"samples: {plan.samples}, shards: {len(plan.shards)} of up to {c.sink.images_per_shard} "
-              f"(split {c.sink.split}, runner {c.runner}, mode {c.sink.mode}) -> {c.sink.out}"]
+              f"(split {c.sink.split}, runner {runner or c.runner}, mode {c.sink.mode}) -> {c.sink.out}"]
     return "\n".join(lines)
 
 
-def _fs_root(out: str):
+def output_filesystem(out: str) -> tuple[Any, str]:
+    """``(fsspec filesystem, root path on it)`` of the output location ``out`` (a path or URL)."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(out)
@@ -258,7 +258,7 @@ def open_job(config: cfg.AnnotateConfig) -> Iterator[JobRun]:
     plan = plan_job(config)
     c = plan.config
     split = c.sink.split
-    fs, root = _fs_root(c.sink.out)
+    fs, root = output_filesystem(c.sink.out)
     with RunLock(fs, root, stale_after_s=c.sink.lock_stale_s) as lock:
         manifest = _read_manifest(fs, root)
         if c.sink.mode == "overwrite":
@@ -267,7 +267,7 @@ def open_job(config: cfg.AnnotateConfig) -> Iterator[JobRun]:
             manifest["splits"].pop(split, None)
         clean_temporaries(root, filesystem=fs)
         clean_quarantine_temporaries(fs, root)
-        hashes = _asset_hashes(plan.body_models)
+        hashes = _asset_hashes(plan.body_models.folder)
         committed = {n for n in committed_shards(root, filesystem=fs) if n.startswith(f"{split}-")}
         stats = {s["shard"]: s for s in read_all_stats(fs, root) if s["shard"] in committed}
         _check_resume(plan, manifest["splits"].get(split, {}), stats, hashes)
@@ -276,7 +276,7 @@ def open_job(config: cfg.AnnotateConfig) -> Iterator[JobRun]:
         manifest["schema_version"] = schemas.SCHEMA_VERSION
         manifest["splits"][split] = {
             "code_version": code_version(), "config_hash": plan.config_hash, "config": cfg.to_dict(c),
-            "body_model_kit": plan.body_model_kit, "asset_hashes": hashes, "backends": backends,
+            "body_model_kit": plan.body_models.kit, "asset_hashes": hashes, "backends": backends,
             "partition_rule": PARTITION_RULE, "shards": len(plan.shards), "samples": plan.samples,
             "samples_sha256": keys_sha256([s.sample_key for spec in plan.shards for s in spec.samples]),
         }
@@ -284,10 +284,11 @@ def open_job(config: cfg.AnnotateConfig) -> Iterator[JobRun]:
         log.info("%d shard(s) to do, %d already committed (%s mode)", len(todo), len(plan.shards) - len(todo),
                  c.sink.mode)
         run_fields = {"split": split, "code_version": code_version(), "config_hash": plan.config_hash,
-                      "body_model_kit": plan.body_model_kit,
+                      "body_model_kit": plan.body_models.kit,
                       "asset_hashes": json.dumps(hashes, sort_keys=True, separators=(",", ":")),
                       "backends": json.dumps(backends, sort_keys=True, separators=(",", ":"))}
-        context = StageContext(body_models=plan.body_models, body_model_kit=plan.body_model_kit, seed=c.seed)
+        context = StageContext(body_models=plan.body_models.folder, body_model_kit=plan.body_models.kit,
+                               body_models_cached=plan.body_models.cached, seed=c.seed)
         yield JobRun(plan, fs, root, lock, todo, run_fields, context, started)
 
 
@@ -298,7 +299,7 @@ def finish_job(job: JobRun, *, wall_s: float, timings: dict[str, dict[str, float
     run = {"started": _iso(job.started), "finished": _iso(time.time()), "host": socket.gethostname(),
            "runner": runner or c.runner, "mode": c.sink.mode, "split": c.sink.split, "out": c.sink.out,
            "code_version": code_version(), "config_hash": job.plan.config_hash,
-           "body_model_kit": job.plan.body_model_kit, "wall_s": round(wall_s, 3), "shards_total": len(job.plan.shards),
+           "body_model_kit": job.plan.body_models.kit, "wall_s": round(wall_s, 3), "shards_total": len(job.plan.shards),
            "shards_skipped": len(job.plan.shards) - len(job.todo), "shards_committed": shards_committed,
            "samples_this_run": samples}
     stats = [s for s in read_all_stats(job.fs, job.root) if s["split"] == c.sink.split]
@@ -362,8 +363,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--input", nargs="+", metavar="PATH", help="image folders, image/video files or COCO .json files "
       "(local paths or fsspec URLs such as s3://bucket/prefix)")
     a("--out", metavar="OUT", help="output folder: a local path or s3://bucket/prefix")
-    a("--body-models", metavar="DIR|synthetic", help="body-model folder in the official layout, or 'synthetic' "
-      "(default: $PEARL_BODY_MODELS, else the synthetic kit, made on first use in the cache folder)")
+    a("--body-models", metavar="DIR|synthetic", help="body-model folder in the official layout (checked, used as "
+      "it is, never written), or 'synthetic' (default: $PEARL_BODY_MODELS, else the synthetic kit, made on first "
+      "use in $PEARL_CACHE/kits/synthetic-v<kit version>-seed0)")
     a("--config", metavar="FILE", help="YAML or TOML config file; flags override its values")
     a("--mode", choices=cfg.MODES, help="incremental (default): skip committed shards; overwrite: delete this "
       "split's outputs first")
@@ -405,14 +407,19 @@ def config_from_args(args: argparse.Namespace) -> cfg.AnnotateConfig:
     return dataclasses.replace(config, **changes)
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    """Run (or with ``--dry-run`` describe) the job; returns the exit status."""
+def run_cli(args: argparse.Namespace, *, run: Callable[[cfg.AnnotateConfig], dict[str, Any]] = run_job,
+            runner: str | None = None, dry_run_notes: Sequence[str] = ()) -> int:
+    """Run (or with ``--dry-run`` describe) the job; returns the exit status (2 for :data:`USER_ERRORS`).
+
+    Another launcher passes its ``run`` (config -> report), its ``runner`` name for the dry run and lines
+    the dry run adds (the Beam launcher: ``run_beam_job``, ``beam`` and its pipeline options).
+    """
     try:
         config = config_from_args(args)
         if args.dry_run:
-            print(describe_plan(plan_job(config, make_kit=False)))
+            print("\n".join([describe_plan(plan_job(config, make_kit=False), runner=runner), *dry_run_notes]))
             return 0
-        report = run_job(config)
+        report = run(config)
     except USER_ERRORS as exc:
         log.error("%s", exc)
         return 2

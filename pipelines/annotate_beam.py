@@ -7,9 +7,10 @@ ones are ignored); ``--runner`` names the **Beam** runner (default ``DirectRunne
 goes to Beam's ``PipelineOptions`` (``--direct_num_workers``, ``--flink_master``, ``--project``...).
 See ``docs/cluster.md``.
 
-The launcher does what the Ray job's driver does before and after the stages (plan the shards, take
-OUT's run lock, skip committed shards in incremental mode, write ``OUT/manifest.json``, write the
-report); the pipeline in between is::
+Before and after the pipeline the launcher runs the Ray job's own driver steps
+(:func:`pipelines.annotate.open_job`: plan the shards, take OUT's run lock, apply the mode, skip
+committed shards, write ``OUT/manifest.json``; :func:`pipelines.annotate.finish_job`: the report); the
+pipeline in between is::
 
     Create(shard specs) -> samples -> BatchElements(load_batch_size) -> LoadFn
       -> for each stage: BatchElements(stage batch_size) -> StageFn      (one row per element)
@@ -25,9 +26,8 @@ from __future__ import annotations
 
 import argparse
 import bisect
-import json
+import functools
 import logging
-import socket
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -42,24 +42,13 @@ import apache_beam as beam  # noqa: E402
 from apache_beam.metrics.metric import Metrics, MetricsFilter  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-import schemas  # noqa: E402
 from annotators.base import Batch, batch_len  # noqa: E402
 from pipelines import annotate  # noqa: E402
 from pipelines import config as cfg  # noqa: E402
-from pipelines.quarantine import clean_quarantine_temporaries  # noqa: E402
-from pipelines.report import build_report, read_all_stats, write_report  # noqa: E402
-from pipelines.runlock import RunLock  # noqa: E402
-from pipelines.runner import (  # noqa: E402
-    RunPlan,
-    StageAdapter,
-    StageContext,
-    _adapter_kwargs,
-    concat_batches,
-    stage_backend,
-    timed_load,
-)
-from pipelines.shards import clean_temporaries, committed_shards, shard_name  # noqa: E402
-from pipelines.sinks import ShardSink, ShardSpec, keys_sha256  # noqa: E402
+from pipelines.report import read_all_stats  # noqa: E402
+from pipelines.runner import RunPlan, StageAdapter, adapter_kwargs, concat_batches, timed_load  # noqa: E402
+from pipelines.shards import shard_name  # noqa: E402
+from pipelines.sinks import ShardSink, ShardSpec  # noqa: E402
 from pipelines.sources import Sample, samples_to_batch  # noqa: E402
 
 log = logging.getLogger("pipelines.annotate_beam")
@@ -157,7 +146,7 @@ class WriteShardFn(beam.DoFn):
         self.out, self.split, self.run_fields, self.parquet_images = out, split, dict(run_fields), parquet_images
 
     def setup(self) -> None:
-        self.fs, self.root = annotate._fs_root(self.out)
+        self.fs, self.root = annotate.output_filesystem(self.out)
 
     def process(self, element: tuple[int, Mapping[str, Iterable[Any]]]) -> Iterator[dict[str, Any]]:
         _, grouped = element
@@ -185,7 +174,7 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan, out: str, run_fields:
         size = spec.resources.batch_size
         rows = (rows
                 | f"batch {spec.name}" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
-                | spec.name >> beam.ParDo(StageFn(_adapter_kwargs(plan, index, None))))
+                | spec.name >> beam.ParDo(StageFn(adapter_kwargs(plan, index, None))))
     keyed_rows = rows | "key by shard" >> beam.Map(ShardOf(plan.shards))
     keyed_specs = specs | "key specs" >> beam.Map(lambda spec: (spec.index, spec))
     return ({"spec": keyed_specs, "rows": keyed_rows}
@@ -200,64 +189,21 @@ def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan, out: str, run_fields:
 
 def run_beam_job(config: cfg.AnnotateConfig, pipeline_args: Sequence[str] = ()) -> dict[str, Any]:
     """Run the job on Beam (``pipeline_args``: Beam pipeline options); returns the report, also written to
-    OUT/report.json/html. Before and after the pipeline it does what the Ray job does (see the module
-    docstring)."""
-    started = time.time()
-    plan = annotate.plan_job(config)
-    c = plan.config
-    split = c.sink.split
-    fs, root = annotate._fs_root(c.sink.out)
-    with RunLock(fs, root, stale_after_s=c.sink.lock_stale_s):
-        manifest = annotate._read_manifest(fs, root)
-        if c.sink.mode == "overwrite":
-            for path in annotate._split_files(fs, root, split):
-                fs.rm_file(path)
-            manifest["splits"].pop(split, None)
-        clean_temporaries(root, filesystem=fs)
-        clean_quarantine_temporaries(fs, root)
-        hashes = annotate._asset_hashes(plan.body_models)
-        committed = {n for n in committed_shards(root, filesystem=fs) if n.startswith(f"{split}-")}
-        stats = {s["shard"]: s for s in read_all_stats(fs, root) if s["shard"] in committed}
-        annotate._check_resume(plan, manifest["splits"].get(split, {}), stats, hashes)
-        todo = [s for s in plan.shards if shard_name(split, s.index) not in committed]
-        backends = {spec.annotator: stage_backend(spec.name) for spec in c.stages}
-        version = annotate.code_version()
-        manifest["schema_version"] = schemas.SCHEMA_VERSION
-        manifest["splits"][split] = {
-            "code_version": version, "config_hash": plan.config_hash, "config": cfg.to_dict(c),
-            "body_model_kit": plan.body_model_kit, "asset_hashes": hashes, "backends": backends,
-            "partition_rule": annotate.PARTITION_RULE, "shards": len(plan.shards), "samples": plan.samples,
-            "samples_sha256": keys_sha256([s.sample_key for spec in plan.shards for s in spec.samples]),
-        }
-        fs.pipe_file(f"{root}/{annotate.MANIFEST}", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-        run_fields = {"split": split, "code_version": version, "config_hash": plan.config_hash,
-                      "body_model_kit": plan.body_model_kit,
-                      "asset_hashes": json.dumps(hashes, sort_keys=True, separators=(",", ":")),
-                      "backends": json.dumps(backends, sort_keys=True, separators=(",", ":"))}
-        context = StageContext(body_models=plan.body_models, body_model_kit=plan.body_model_kit, seed=c.seed)
-        log.info("%d shard(s) to do, %d already committed (%s mode)", len(todo), len(plan.shards) - len(todo),
-                 c.sink.mode)
+    OUT/report.json/html. The lock is held until the pipeline has finished."""
+    with annotate.open_job(config) as job:
         t0 = time.perf_counter()
         timings: dict[str, dict[str, float]] = {}
-        if todo:
-            options = PipelineOptions(list(pipeline_args))
-            pipeline = beam.Pipeline(options=options)
-            build_pipeline(pipeline, RunPlan(config=c, shards=todo, context=context), c.sink.out, run_fields)
+        if job.todo:
+            pipeline = beam.Pipeline(options=PipelineOptions(list(pipeline_args)))
+            build_pipeline(pipeline, job.run_plan, job.plan.config.sink.out, job.run_fields)
             result = pipeline.run()
             result.wait_until_finish()
             timings = clock_snapshot(result)
         wall = time.perf_counter() - t0
-        all_stats = [s for s in read_all_stats(fs, root) if s["split"] == split]
-        done_now = [s for s in all_stats if s["shard"] in {shard_name(split, t.index) for t in todo}]
-        run = {"started": annotate._iso(started), "finished": annotate._iso(time.time()), "host": socket.gethostname(),
-               "runner": RUNNER_NAME, "mode": c.sink.mode, "split": split, "out": c.sink.out,
-               "code_version": version, "config_hash": plan.config_hash, "body_model_kit": plan.body_model_kit,
-               "wall_s": round(wall, 3), "shards_total": len(plan.shards),
-               "shards_skipped": len(plan.shards) - len(todo), "shards_committed": len(done_now),
-               "samples_this_run": sum(int(s["samples"]) for s in done_now)}
-        report = build_report(run, timings, all_stats)
-        write_report(fs, root, report)
-        return report
+        todo = {shard_name(job.plan.config.sink.split, spec.index) for spec in job.todo}
+        done = [s for s in read_all_stats(job.fs, job.root) if s["shard"] in todo]
+        return annotate.finish_job(job, wall_s=wall, timings=timings, shards_committed=len(done),
+                                   samples=sum(int(s["samples"]) for s in done), runner=RUNNER_NAME)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,29 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run (or with ``--dry-run`` describe) the job on Beam; returns the exit status."""
     parser = build_parser()
     args, pipeline_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     args.runner = None  # the job's --runner (ray|loop) is replaced by Beam's
     pipeline_args = [f"--runner={args.beam_runner}", *pipeline_args]
-    from pipelines.runlock import LockedError
-    from pipelines.sources import SourceError
-
-    try:
-        config = annotate.config_from_args(args)
-        if args.dry_run:
-            print(annotate.describe_plan(annotate.plan_job(config, make_kit=False)))
-            print(f"beam pipeline options: {' '.join(pipeline_args)}")
-            return 0
-        report = run_beam_job(config, pipeline_args)
-    except (cfg.ConfigError, SourceError, LockedError, annotate.JobError) as exc:
-        log.error("%s", exc)
-        return 2
-    totals = report["totals"]
-    print(json.dumps({"out": config.sink.out, "shards": totals["shards"], "persons": totals["persons"],
-                      "quarantined": totals["quarantined"], "images_per_s": report["throughput"]["images_per_s"]}))
-    return 0
+    return annotate.run_cli(args, run=functools.partial(run_beam_job, pipeline_args=pipeline_args),
+                            runner=RUNNER_NAME, dry_run_notes=[f"beam pipeline options: {' '.join(pipeline_args)}"])
 
 
 if __name__ == "__main__":

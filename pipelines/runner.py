@@ -39,7 +39,8 @@ import numpy as np
 
 import schemas
 from annotators.base import ERROR_REASON, ERROR_STAGE, Batch, batch_len, ensure_error_columns, error_digest
-from pipelines.config import PERSONS_ANNOTATOR, AnnotateConfig, ConfigError, RayConfig, stage_class
+from pipelines.body_models import cached_kit
+from pipelines.config import PERSONS_ANNOTATOR, AnnotateConfig, RayConfig, stage_class
 from pipelines.sinks import CROP_JPEG, NO_PERSONS, SAMPLE_ROWS, ShardSink, ShardSpec
 from pipelines.sources import SAMPLE_COLUMNS, load_batch, samples_to_batch
 
@@ -54,8 +55,6 @@ SINK_COLUMNS = frozenset(schemas.FIELD_NAMES) | {
     "sample_key", "source", "person_index", ERROR_STAGE, ERROR_REASON, SAMPLE_ROWS, NO_PERSONS, CROP_JPEG}
 """Columns the last stage passes on to the sink (everything else, e.g. images, is dropped there)."""
 REPO_ROOT = Path(__file__).resolve().parents[1]
-KIT_DONE = ".pearl-kit-complete"
-"""Marker file written last into a cached synthetic kit."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -168,64 +167,14 @@ class StageContext:
     """Run-level values a stage config may ask for by having a field of the same name."""
 
     body_models: str
-    """Body-model folder (the synthetic kit's cache folder when synthetic)."""
+    """Body-model folder (see :mod:`pipelines.body_models`)."""
     body_model_kit: str = "synthetic"
     """``synthetic`` or ``official``."""
+    body_models_cached: bool = False
+    """True when :attr:`body_models` is pearl's cached synthetic kit, which an actor makes on its node if
+    it is missing there; a folder the user named is only read."""
     seed: int = 0
     """The job's seed."""
-
-
-def synthetic_kit_dir() -> Path:
-    """Cache folder of the synthetic kit: ``$PEARL_CACHE``, else ``$XDG_CACHE_HOME/pearl``, else
-    ``~/.cache/pearl``, plus ``synthetic-kit``."""
-    base = os.environ.get("PEARL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pearl"
-    return Path(base) / "synthetic-kit"
-
-
-def ensure_synthetic_kit(path: Path) -> None:
-    """Make the synthetic kit (seed 0) at ``path`` unless it is there; safe against concurrent makers
-    (written to a temporary sibling, then renamed; the loser of the rename race discards its copy)."""
-    if (path / KIT_DONE).exists():
-        return
-    import shutil
-    import tempfile
-
-    from model.assets.synthetic import synthesize_kit
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".synthetic-kit-", dir=path.parent))
-    try:
-        synthesize_kit(tmp, seed=0)
-        (tmp / KIT_DONE).write_text("synthetic kit, seed 0\n")
-        try:
-            tmp.rename(path)
-        except OSError:
-            if not (path / KIT_DONE).exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def resolve_body_models(arg: str | None, *, create: bool = True) -> tuple[str, str]:
-    """``(folder, kit kind)`` for ``--body-models``: a folder, ``synthetic``, or None (``$PEARL_BODY_MODELS``,
-    else synthetic). The synthetic kit is made in :func:`synthetic_kit_dir` on first use (if ``create``)."""
-    arg = arg or os.environ.get("PEARL_BODY_MODELS") or "synthetic"
-    if arg == "synthetic":
-        path = synthetic_kit_dir()
-        if create and not (path / KIT_DONE).exists():
-            log.info("no --body-models given: making the synthetic body-model kit in %s (first use)", path)
-        elif create:
-            log.info("no --body-models given: using the synthetic body-model kit in %s", path)
-        if create:
-            ensure_synthetic_kit(path)
-        return str(path), "synthetic"
-    folder = Path(arg)
-    if not folder.is_dir():
-        raise ConfigError(f"--body-models {arg}: no such folder (give the folder with your SMPL / SMPL-X / FLAME / "
-                          "MANO files, or 'synthetic')")
-    from model.assets.check import kit_kind
-
-    return str(folder.resolve()), kit_kind(folder)
 
 
 def make_stage(cls: type, options: Mapping[str, Any], context: StageContext) -> Any:
@@ -268,8 +217,8 @@ class StageAdapter:
         self.last = last
         self.crop_size = crop_size
         self.clock = clock
-        if context.body_model_kit == "synthetic":
-            ensure_synthetic_kit(Path(context.body_models))  # a worker node may not have the cache yet
+        if context.body_models_cached:
+            cached_kit(Path(context.body_models))  # a worker node may not have the cache yet
         self.stage = make_stage(stage_cls, options, context)
 
     def __call__(self, batch: Batch) -> Batch:
@@ -293,7 +242,6 @@ class StageAdapter:
         if self.clock is not None:
             self.clock.record(self.name, time.perf_counter() - t0, n_in, batch_len(out))
         return out
-
 
     def _row_by_row(self, batch: Batch) -> Batch:
         """Call the stage on each row alone; rows that still raise are marked failed by this stage."""
@@ -409,7 +357,8 @@ class RunPlan:
     """Side in px of crop JPEGs made by the adapter."""
 
 
-def _adapter_kwargs(plan: RunPlan, index: int, clock: Any) -> dict[str, Any]:
+def adapter_kwargs(plan: RunPlan, index: int, clock: Any) -> dict[str, Any]:
+    """Keyword arguments of the :class:`StageAdapter` for stage ``index`` of ``plan`` (timings to ``clock``)."""
     spec = plan.config.stages[index]
     return {"stage_cls": stage_class(spec.name), "spec_name": spec.name, "options": dict(spec.options),
             "context": plan.context, "clock": clock, "last": index == len(plan.config.stages) - 1,
@@ -418,7 +367,7 @@ def _adapter_kwargs(plan: RunPlan, index: int, clock: Any) -> dict[str, Any]:
 
 def run_loop(plan: RunPlan, sink: ShardSink, clock: StageClock | None = None) -> None:
     """Run the plan in this process, shard by shard, each stage over batches of its ``batch_size``."""
-    stages = [StageAdapter(**_adapter_kwargs(plan, i, clock)) for i in range(len(plan.config.stages))]
+    stages = [StageAdapter(**adapter_kwargs(plan, i, clock)) for i in range(len(plan.config.stages))]
     sizes = [s.resources.batch_size for s in plan.config.stages]
     for spec in plan.shards:
         batch = samples_to_batch(spec.samples)
@@ -497,7 +446,7 @@ def run_ray(plan: RunPlan, sink: ShardSink, clock: RemoteClock | None = None,
     for index, spec in enumerate(plan.config.stages):
         r = spec.resources
         gpu = {"num_gpus": r.num_gpus} if r.num_gpus else {}
-        ds = ds.map_batches(StageAdapter, fn_constructor_kwargs=_adapter_kwargs(plan, index, clock),
+        ds = ds.map_batches(StageAdapter, fn_constructor_kwargs=adapter_kwargs(plan, index, clock),
                             compute=ray.data.ActorPoolStrategy(size=r.num_actors), batch_size=r.batch_size,
                             num_cpus=r.num_cpus, batch_format="numpy", zero_copy_batch=True, **gpu)
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):

@@ -1,7 +1,9 @@
 """``pearl demo``: pose a few random EHM bodies on a body-model kit and write OBJ meshes + a summary.
 
-Without ``--body-models`` (and without ``$PEARL_BODY_MODELS``) the synthetic kit is written once to
-``$PEARL_CACHE/kits/synthetic-seed0`` (default cache ``~/.cache/pearl``) and reused afterwards.
+The body models are found as by ``pearl annotate`` (:func:`pipelines.body_models.resolve_body_models`):
+``--body-models DIR`` is checked and used as it is; without it (and without ``$PEARL_BODY_MODELS``) the
+synthetic kit is written once to ``$PEARL_CACHE/kits/synthetic-v<kit version>-seed0`` (default cache
+``~/.cache/pearl``) and reused afterwards.
 """
 
 from __future__ import annotations
@@ -9,17 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from pipelines.body_models import ENV_BODY_MODELS, ENV_CACHE, KIT_SEED, AssetsCheckError, resolve_body_models
+from pipelines.config import ConfigError
+
 HELP = "pose a few random EHM bodies (SMPL-X + FLAME head + MANO hands) and write OBJ meshes and summary.json"
-ENV_BODY_MODELS = "PEARL_BODY_MODELS"
-ENV_CACHE = "PEARL_CACHE"
-KIT_SEED = 0
 
 log = logging.getLogger(__name__)
 
@@ -27,38 +26,14 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--body-models", type=Path, default=None, metavar="DIR",
-        help=f"body-model folder (layout in docs/assets.md); default ${ENV_BODY_MODELS}, else the synthetic kit "
-        f"cached under ${ENV_CACHE}/kits/synthetic-seed{KIT_SEED} (default cache ~/.cache/pearl), written on first use",
+        help=f"body-model folder (layout in docs/assets.md), checked and used as it is; default ${ENV_BODY_MODELS}, "
+        f"else the synthetic kit cached under ${ENV_CACHE}/kits/synthetic-v<kit version>-seed{KIT_SEED} (default cache "
+        "$XDG_CACHE_HOME/pearl or ~/.cache/pearl), written on first use",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR",
                         help="output folder for body_NN.obj and summary.json (default runs/demo)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the posed bodies (default 0)")
     parser.add_argument("--count", type=int, default=4, help="number of bodies to pose (default 4)")
-
-
-def cached_kit() -> Path:
-    """The synthetic kit in the pearl cache, written (atomically, by rename) when it is not there yet."""
-    cache = Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "pearl")
-    kit = cache / "kits" / f"synthetic-seed{KIT_SEED}"
-    if kit.is_dir():
-        log.info("using the cached synthetic body-model kit %s", kit)
-        return kit
-    from model.assets.synthetic import synthesize_kit
-
-    kit.parent.mkdir(parents=True, exist_ok=True)
-    log.info("no body models given: writing the synthetic kit (seed %d) to %s (once; reused afterwards)", KIT_SEED, kit)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{kit.name}.", dir=kit.parent))
-    try:
-        synthesize_kit(tmp, seed=KIT_SEED)
-        tmp.chmod(0o755)  # mkdtemp made it private
-        tmp.rename(kit)
-    except OSError:
-        if not kit.is_dir():  # another process may have won the rename; anything else is an error
-            raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return kit
 
 
 def random_bodies(specs: dict, count: int, seed: int) -> dict:  # specs: EHM.param_specs()
@@ -102,26 +77,20 @@ def write_obj(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from model.assets.check import check_assets, check_passed, format_report, kit_kind
     from model.ehm import EHM
 
     if args.count < 1:
         log.error("--count must be at least 1, got %d", args.count)
         return 2
-    kit = args.body_models or (Path(os.environ[ENV_BODY_MODELS]) if os.environ.get(ENV_BODY_MODELS) else None)
-    if kit is None:
-        kit = cached_kit()
-    elif not kit.is_dir():
-        log.error("%s is not a folder; point --body-models at your body models (see docs/assets.md)", kit)
-        return 2
-    results = check_assets(kit)
-    if not check_passed(results):
-        for line in format_report(results, kit):
-            log.error("%s", line)
-        log.error("the body-model folder %s failed `pearl assets check`; fix the files above%s", kit,
-                  " or delete the folder to have it rewritten" if kit_kind(kit) == "synthetic" else "")
+    try:
+        models = resolve_body_models(str(args.body_models) if args.body_models else None)
+    except AssetsCheckError as exc:
+        log.error("%s", exc)
         return 1
-    log.info("assets check passed for %s (%s kit)", kit, kit_kind(kit))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    kit = Path(models.folder)
 
     ehm = EHM.from_dir(kit, camera_frame="opengl")  # the demo poses people y-up, facing +z
     params = random_bodies(ehm.param_specs(), args.count, args.seed)
@@ -144,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("wrote %s (%d vertices, %d faces)", mesh, len(verts), len(faces))
     summary = {
         "body_models": str(kit),
-        "body_model_kit": kit_kind(kit),
+        "body_model_kit": models.kit,
         "seed": args.seed,
         "count": args.count,
         "frame": "model frame: metres, y up, the person faces +z",

@@ -115,6 +115,7 @@ def test_cli_dry_run_passes_beam_options_through(inputs, pearl_cache, tmp_path, 
     assert "--runner=FlinkRunner --flink_master localhost:8081" in printed
     n_images = len(list(inputs.iterdir()))
     assert "keypoints/mediapipe" in printed and f"shards: {(n_images + 2) // 3} of up to 3" in printed
+    assert "runner beam," in printed and "runner ray" not in printed
 
 
 def test_cli_refuses_a_bad_config(inputs, tmp_path, caplog) -> None:

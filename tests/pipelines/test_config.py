@@ -68,7 +68,8 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
 def test_resolve_checks_and_orders(tmp_path: Path) -> None:
     base = cfg.AnnotateConfig(source=cfg.SourceConfig(inputs=["x"]), sink=cfg.SinkConfig(out="o"))
     resolved = cfg.resolve(base)
-    assert [s.annotator for s in resolved.stages] == ["persons", "keypoints"]
+    assert [s.annotator for s in resolved.stages] == list(cfg.STAGE_ORDER)  # the whole embedded plan
+    assert sum(s.resources.num_cpus for s in resolved.stages) + base.source.load_num_cpus <= 2.0  # fits 2 cores
     assert all("/" in s.name and isinstance(s.resources, StageResources) for s in resolved.stages)
     assert [s.name for s in resolved.stages] == list(cfg.DEFAULT_STAGES)
     short = cfg.resolve(dataclasses.replace(base, stages=[cfg.StageSpec("persons"), cfg.StageSpec("quality/fault")]))
