@@ -1,18 +1,18 @@
 """Throughput of the annotation job on this machine; prints one JSON object.
 
 The example images are copied ``--repeat`` times (default 25: 100 images for the four examples) and
-annotated with the default stages three times, side by side in one process:
+annotated with the job's default stages (or ``--stages``) three times, side by side in one process:
 
 - ``loop``: the plain-Python-loop runner (same stage objects, same inputs, one process);
 - ``ray_1``: Ray Data with one actor per stage;
-- ``ray_2``: Ray Data with two actors per stage.
+- ``ray_2``: Ray Data with two actors per stage (each with half the stage's CPU share).
 
 Each time is the runner's wall time (stage construction included, Ray's own start excluded: a local
 Ray is started once before). Reported: ``images_per_s`` (end to end, ``ray_2``),
 ``actors_2_over_1_speedup`` (``ray_1`` time / ``ray_2`` time), ``ray_over_plain_loop_time_ratio``
 (``ray_2`` time / ``loop`` time) and each run's per-stage busy seconds (summed over actors).
 
-    python benchmarks/pipeline_throughput.py [--repeat 25] [--num-cpus N] [--examples DIR]
+    python benchmarks/pipeline_throughput.py [--repeat 25] [--num-cpus N] [--examples DIR] [--stages A,B,...]
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=25, help="copies of each example image (default 25)")
     parser.add_argument("--examples", type=Path, default=REPO / "examples", help="image folder (default examples/)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    parser.add_argument("--stages", default=",".join(cfg.DEFAULT_STAGES),
+                        help="comma-separated stage plan (default: the job's default plan)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     # stdout carries only the JSON result: Ray forwards worker output to the driver's sys.stdout
@@ -69,12 +71,14 @@ def main() -> None:
         images = Path(tmp) / "images"
         n = copy_images(args.examples, images, args.repeat)
         base = cfg.resolve(cfg.AnnotateConfig(source=cfg.SourceConfig(inputs=[str(images)]),
+                                              stages=[cfg.StageSpec(name=s) for s in args.stages.split(",") if s],
                                               sink=cfg.SinkConfig(out=str(Path(tmp) / "out"), mode="overwrite"),
                                               ray=cfg.RayConfig(num_cpus=args.num_cpus, progress_bars=False)))
 
         def variant(name: str, runner: str, actors: int) -> cfg.AnnotateConfig:
-            stages = [dataclasses.replace(s, resources=dataclasses.replace(s.resources, num_actors=actors))
-                      for s in base.stages]
+            # more actors share the stage's CPU reservation, so every variant reserves the same CPUs
+            stages = [dataclasses.replace(s, resources=dataclasses.replace(
+                s.resources, num_actors=actors, num_cpus=s.resources.num_cpus / actors)) for s in base.stages]
             return dataclasses.replace(base, runner=runner, stages=stages,
                                        sink=dataclasses.replace(base.sink, out=str(Path(tmp) / name)))
 
