@@ -51,6 +51,7 @@ from torch import Tensor
 
 from fitting.camera import project
 from fitting.face_fit import IRIS_CENTRES
+from fitting.hand_ik import similarity_align
 from fitting.objectives import WHOLEBODY_PARTS, ehm_wholebody_points
 from fitting.priors import sample_body_pose
 from fitting.refine import ELBOWS, WRISTS, RefineConfig, RefineInputs, Refiner
@@ -198,15 +199,8 @@ def make_problem(refiner: Refiner, n: int, seed: int = 0) -> tuple[RefineInputs,
 
 def procrustes_aligned(pred: Tensor, target: Tensor) -> Tensor:
     """``pred  # [B, N, 3]`` moved onto ``target`` by the best similarity transform (Umeyama)."""
-    mu_p, mu_t = pred.mean(1, keepdim=True), target.mean(1, keepdim=True)
-    p, t = pred - mu_p, target - mu_t
-    u, s, vh = torch.linalg.svd(p.transpose(1, 2) @ t)
-    d = torch.sign(torch.linalg.det(u @ vh))
-    fix = torch.ones_like(s)
-    fix[:, -1] = d
-    rot = u @ torch.diag_embed(fix) @ vh  # p @ rot ~ t
-    scale = (s * fix).sum(-1) / p.square().sum((1, 2))
-    return scale[:, None, None] * p @ rot + mu_t
+    rot, scale, shift = similarity_align(pred, target)
+    return scale[:, None, None] * pred @ rot.transpose(1, 2) + shift[:, None]
 
 
 def errors(refiner: Refiner, params: dict[str, Tensor], gt_out, visible: Tensor) -> dict[str, float]:

@@ -34,7 +34,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -61,6 +63,8 @@ _BONE_CHILD: tuple[int, ...] = (2, 3, 17, 5, 6, 18, 8, 9, 20, 11, 12, 19, 14, 15
 its bone points at: the next joint of the finger, or the fingertip after the third joint."""
 _MIRROR = (-1.0, 1.0, 1.0)
 
+ArrayOrTensor = TypeVar("ArrayOrTensor", Tensor, np.ndarray)
+
 
 # --------------------------------------------------------------------------------------------------
 # Small pure functions
@@ -72,9 +76,13 @@ def mirror_points(points: Tensor) -> Tensor:
     return points * points.new_tensor(_MIRROR)
 
 
-def mirror_rotvec(rotvec: Tensor) -> Tensor:
-    """Axis-angle ``rotvec  # [..., 3]`` of the mirror image through x = 0: ``(x, y, z) -> (x, -y, -z)``."""
-    return rotvec * rotvec.new_tensor((1.0, -1.0, -1.0))
+def mirror_rotvec(rotvec: ArrayOrTensor) -> ArrayOrTensor:
+    """Axis-angle ``rotvec  # [..., 3]`` of the mirror image through x = 0: ``(x, y, z) -> (x, -y, -z)``
+    (a right hand's rotations <-> a left hand's). Takes a torch tensor or a numpy array and returns a new
+    one of the same kind, dtype and device (differentiable for tensors)."""
+    mirrored = -rotvec
+    mirrored[..., 0] = rotvec[..., 0]
+    return mirrored
 
 
 def rotation_between(a: Tensor, b: Tensor) -> Tensor:

@@ -280,28 +280,10 @@ class RefineConfig:
 # --------------------------------------------------------------------------------------------------
 
 
-def minimize_adamw(params: list[Tensor], loss_fn: LossFn, *, iterations: int, lr: float, lr_final: float,
-                   weight_decay: float) -> SolverResult:
-    """AdamW (decoupled weight decay) with the same fixed-budget contract as :func:`fitting.solvers.minimize_adam`."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    gamma = 1.0 if iterations < 2 else (lr_final / lr) ** (1.0 / (iterations - 1))
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
-    with torch.no_grad():
-        first = loss_fn().detach()
-    for _ in range(iterations):
-        opt.zero_grad(set_to_none=True)
-        loss_fn().sum().backward()
-        opt.step()
-        sched.step()
-    with torch.no_grad():
-        last = loss_fn().detach()
-    return SolverResult(loss=last, first_loss=first, iterations=iterations)
-
-
 SOLVERS: dict[str, Callable[[list[Tensor], LossFn, int, SolverConfig], SolverResult]] = {
     "adam": lambda p, f, n, c: minimize_adam(p, f, iterations=n, lr=c.lr, lr_final=c.lr_final),
-    "adamw": lambda p, f, n, c: minimize_adamw(p, f, iterations=n, lr=c.lr, lr_final=c.lr_final,
-                                               weight_decay=c.weight_decay),
+    "adamw": lambda p, f, n, c: minimize_adam(p, f, iterations=n, lr=c.lr, lr_final=c.lr_final,
+                                              weight_decay=c.weight_decay),
     "lbfgs": lambda p, f, n, c: minimize_lbfgs(p, f, iterations=n, lr=c.lr, history=c.history),
 }
 """Solver name -> ``(params, loss_fn, iterations, config) -> SolverResult``."""

@@ -63,15 +63,20 @@ def _evaluate(loss_fn: LossFn) -> Tensor:
 
 
 def minimize_adam(params: Sequence[Tensor], loss_fn: LossFn, *, iterations: int, lr: float,
-                  lr_final: float | None = None) -> SolverResult:
+                  lr_final: float | None = None, weight_decay: float = 0.0) -> SolverResult:
     """Adam for ``iterations`` steps on the summed per-sample losses, parameters updated in place.
 
     ``lr_final``: when given, the step size decays geometrically from ``lr`` to ``lr_final`` over the budget.
+    ``weight_decay``: when > 0, AdamW (``torch.optim.AdamW``): every step also shrinks each parameter by
+    ``lr * weight_decay`` times itself, apart from the gradient step (decoupled weight decay).
     """
     params = _check_params(params)
     if iterations < 0:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
-    opt = torch.optim.Adam(params, lr=lr)
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    opt = (torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if weight_decay > 0
+           else torch.optim.Adam(params, lr=lr))
     gamma = 1.0 if lr_final is None or iterations < 2 else (lr_final / lr) ** (1.0 / (iterations - 1))
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
     first = None

@@ -39,6 +39,7 @@ import torch
 from annotators import wholebody as wb
 from annotators.base import Batch, StageResources, STAGES
 from annotators.wholebody_onnx import CropStage, rgb_image
+from fitting.hand_ik import mirror_rotvec
 from model.checkpoints import OnnxModel, TorchModel
 from model.networks.hamer import HAMER_OUTPUTS, IMAGENET_MEAN, IMAGENET_STD, load_hamer
 from model.rotations import rotmat_to_rotvec
@@ -47,8 +48,6 @@ log = logging.getLogger(__name__)
 
 HAMER_CROP_SIZE = 256
 """Side of HaMeR's input crop in px."""
-MIRROR_ROTVEC = np.array([1.0, -1.0, -1.0], np.float32)
-"""Axis-angle of a rotation seen in a mirror (x -> -x): ``(x, y, z) -> (x, -y, -z)``."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -92,11 +91,6 @@ def crop_patch(image: np.ndarray, center: np.ndarray, side: float, out_size: int
     warp = np.array([[s, 0.0, out_size / 2 - s * c[0]], [0.0, s, out_size / 2 - s * c[1]]])
     return cv2.warpAffine(image, warp, (out_size, out_size), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-
-
-def mirror_rotvec(rotvec: np.ndarray) -> np.ndarray:
-    """Mirror axis-angle rotations ``rotvec  # [..., 3]`` through the x = 0 plane (right <-> left hand)."""
-    return rotvec * MIRROR_ROTVEC
 
 
 def as_rotvec(values: np.ndarray, joints: int, name: str) -> np.ndarray:

@@ -19,8 +19,8 @@ from annotators.hands.hamer import (
     crop_patch,
     crop_square,
     hand_box,
-    mirror_rotvec,
 )
+from fitting.hand_ik import mirror_rotvec
 from model.checkpoints import CheckpointError
 from model.networks.hamer import HAMER_OUTPUTS, IMAGENET_MEAN, IMAGENET_STD, HamerNetwork, hamer_config_from_yaml
 from model.networks.vit import ViTConfig

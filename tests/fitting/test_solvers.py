@@ -42,6 +42,16 @@ def test_adam_is_deterministic_and_per_sample() -> None:
     torch.testing.assert_close(runs[0], runs[1], atol=0, rtol=0)
 
 
+def test_adam_weight_decay_is_decoupled() -> None:
+    """With a flat loss (zero gradient) AdamW only decays: x_n = x_0 (1 - lr wd)^n; plain Adam leaves x alone."""
+    for decay, factor in ((0.5, (1 - 0.1 * 0.5) ** 20), (0.0, 1.0)):
+        x = torch.tensor([[2.0, -3.0]], dtype=torch.float64, requires_grad=True)
+        minimize_adam([x], lambda: (0.0 * x).sum(-1), iterations=20, lr=0.1, weight_decay=decay)
+        torch.testing.assert_close(x.detach(), torch.tensor([[2.0, -3.0]], dtype=torch.float64) * factor)
+    with pytest.raises(ValueError, match="weight_decay"):
+        minimize_adam([x], lambda: (x ** 2).sum(-1), iterations=1, lr=0.1, weight_decay=-1.0)
+
+
 def test_solvers_check_their_inputs() -> None:
     with pytest.raises(ValueError, match="leaf"):
         minimize_adam([torch.zeros(2)], lambda: torch.zeros(1), iterations=1, lr=0.1)
