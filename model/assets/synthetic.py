@@ -10,9 +10,10 @@ unchanged and with :mod:`model.assets.loaders`. How it is built (see docs/assets
 - SMPL-X: a body (torso, legs, feet, arms: 3896 vertices) + the FLAME head moved onto the neck +
   the two MANO hands moved onto the wrists, so ``SMPL-X__FLAME_vertex_ids.npy`` and
   ``MANO_SMPLX_vertex_ids.pkl`` are exact correspondences at rest.
-- SMPL: its own, coarser surface on a slightly different skeleton with its own 10-component shape
-  space, so SMPL -> SMPL-X transfer is a real fitting problem; ``smpl2smplx_deftrafo_setup.pkl`` maps
-  each SMPL-X vertex to its closest SMPL triangle.
+- SMPL: its own, coarser surface on a skeleton a few mm away from SMPL-X's, with 10 shape components
+  that mix SMPL-X's first 10 (read on SMPL's surface) plus a small residual outside their span, so
+  SMPL -> SMPL-X transfer is a real fitting problem; ``smpl2smplx_deftrafo_setup.pkl`` maps each SMPL-X
+  vertex to its closest SMPL triangle.
 - Vertex orders put smplx's extra-joint vertices (nose, eyes, ears, toes, heels, fingertips) and
   MANO's fingertip ids on the matching body parts.
 """
@@ -35,7 +36,7 @@ from model.assets.files import atomic_output, npy_bytes, write_bytes_atomic, wri
 from model.assets.geometry import Part, closest_points, concat_parts, place_indices
 from model.assets.legacy_pickle import ChumpyCh, dump_legacy
 
-KIT_VERSION = 1
+KIT_VERSION = 2
 
 
 @dataclass
@@ -72,18 +73,18 @@ _SMPLX_SKELETON = {
     "left_collar": (0.075, 1.37, -0.01), "left_shoulder": (0.185, 1.40, -0.015),
     "left_elbow": (0.445, 1.395, -0.025), "left_wrist": (0.69, 1.39, -0.02),
 }  # fmt: skip
-_SMPL_SKELETON = {
-    "pelvis": (0.0, 0.945, 0.005), "left_hip": (0.078, 0.87, 0.0), "spine1": (0.0, 1.055, -0.015),
-    "left_knee": (0.105, 0.50, 0.01), "spine2": (0.0, 1.185, -0.002), "left_ankle": (0.115, 0.08, -0.03),
-    "spine3": (0.0, 1.245, 0.01), "left_foot": (0.115, 0.026, 0.09), "neck": (0.0, 1.42, -0.02),
-    "left_collar": (0.08, 1.38, -0.005), "left_shoulder": (0.175, 1.395, -0.01),
-    "left_elbow": (0.43, 1.39, -0.02), "left_wrist": (0.675, 1.385, -0.015),
+_SMPL_SKELETON = {  # 2-8 mm from SMPL-X's joints
+    "pelvis": (0.0, 0.9375, 0.0025), "left_hip": (0.0815, 0.865, 0.0), "spine1": (0.0, 1.0475, -0.0135),
+    "left_knee": (0.1025, 0.495, 0.0075), "spine2": (0.0, 1.1775, -0.0035), "left_ankle": (0.1125, 0.0825, -0.0325),
+    "spine3": (0.0, 1.2375, 0.005), "left_foot": (0.1125, 0.026, 0.0875), "neck": (0.0, 1.415, -0.0175),
+    "left_collar": (0.0775, 1.375, -0.0075), "left_shoulder": (0.18, 1.3975, -0.0125),
+    "left_elbow": (0.4375, 1.3925, -0.0225), "left_wrist": (0.6825, 1.3875, -0.0175),
 }  # fmt: skip
 
 
-def _skeleton(table: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Joint positions (body frame, both sides) with a small per-seed change of height and width."""
-    scale = np.array([1.0 + 0.01 * rng.standard_normal(), 1.0 + 0.01 * rng.standard_normal(), 1.0])
+def _skeleton(table: dict, size: np.ndarray) -> dict[str, np.ndarray]:
+    """Joint positions (body frame, both sides) scaled by ``size`` (width, height)."""
+    scale = np.array([size[0], size[1], 1.0])
     joints = {}
     for name, (x, h, z) in table.items():
         p = np.array([x, h, z]) * scale
@@ -166,6 +167,31 @@ def mix_fields(fields: np.ndarray, count: int, rng: np.random.Generator, decay: 
     q, _ = np.linalg.qr(rng.standard_normal((fields.shape[2], fields.shape[2])))
     scale = decay ** np.arange(count)
     return fields @ (q[:, :count] * scale)
+
+
+# SMPL's shape space against SMPL-X's (see smpl_shape_space)
+SMPL_SHAPE_MIX = 0.6  # how far SMPL's basis is rotated away from SMPL-X's first 10 components
+SMPL_SHAPE_RESIDUAL = 0.1  # weight of SMPL-X components 10..13 in SMPL's basis
+SMPL_SHAPE_NOISE = 0.0005  # largest offset (m) of SMPL's own smooth random field per component
+
+
+def transport_fields(points: np.ndarray, verts: np.ndarray, faces: np.ndarray, fields: np.ndarray) -> np.ndarray:
+    """Fields [V, 3, F] on a mesh (``verts`` [V, 3], ``faces``) read at the closest surface point of each of
+    ``points`` [P, 3]; returns [P, 3, F]."""
+    face, bary, _ = closest_points(points, verts, faces, candidates=16)
+    return np.einsum("pk,pkdf->pdf", bary, fields[faces[face]])
+
+
+def smpl_shape_space(verts: np.ndarray, smplx: ModelArrays, rng: np.random.Generator) -> np.ndarray:
+    """SMPL's 10 shape components [V, 3, 10] on its surface ``verts`` [V, 3]: SMPL-X's first 10 components,
+    read at the closest SMPL-X surface point and mixed by a random rotation (``SMPL_SHAPE_MIX`` away from the
+    identity), plus a small residual outside their span: SMPL-X components 10..13 and a smooth random field."""
+    x = transport_fields(verts, smplx.v_template, smplx.faces.astype(np.int64), smplx.shapedirs[:, :, :14])
+    u, _, vt = np.linalg.svd(np.eye(10) + SMPL_SHAPE_MIX * rng.standard_normal((10, 10)))
+    rotation = u @ vt  # [10, 10] the orthogonal factor
+    residual = x[:, :, 10:] @ rng.standard_normal((4, 10)) * SMPL_SHAPE_RESIDUAL
+    noise = SMPL_SHAPE_NOISE * smooth_random_fields(verts, 10, 0.1, rng)
+    return x[:, :, :10] @ rotation + residual + noise
 
 
 def body_fields(part: Part, joints: dict[str, np.ndarray], model_joints: list[str]) -> np.ndarray:
@@ -562,9 +588,9 @@ _MALE = np.array([1.0, 0.3, 0.3, 0.8, -0.3, 0.2, 0.2, 0.3, 0.2, 0.3, 0.3, 0.2, 0
 _FEMALE = np.array([-1.0, 0.0, -0.3, -0.8, 0.8, -0.1, -0.1, -0.2, 0.0, -0.3, -0.3, -0.1, -0.3, -0.3])
 
 
-def _build_smplx(rng, head: Part, flame: ModelArrays, hand: Part, mano: dict[str, ModelArrays]):
+def _build_smplx(rng, size: np.ndarray, head: Part, flame: ModelArrays, hand: Part, mano: dict[str, ModelArrays]):
     names = layouts.SMPLX_JOINTS
-    j = _skeleton(_SMPLX_SKELETON, rng)
+    j = _skeleton(_SMPLX_SKELETON, size)
     counts = {"torso": 1300, "leg": 700, "foot": 140, "arm": 458}
     body, _ = concat_parts(_body_pieces(j, counts, np.ones(12), 1.0, 0.02, names))
 
@@ -639,9 +665,9 @@ def _build_smplx(rng, head: Part, flame: ModelArrays, hand: Part, mano: dict[str
     return full, models, head_final, hand_final, head_face_start
 
 
-def _build_smpl(rng) -> tuple[Part, dict[str, ModelArrays]]:
+def _build_smpl(rng, size: np.ndarray, smplx: ModelArrays) -> tuple[Part, dict[str, ModelArrays]]:
     names = layouts.SMPL_JOINTS
-    j = _skeleton(_SMPL_SKELETON, rng)
+    j = _skeleton(_SMPL_SKELETON, size)
     counts = {"torso": 1850, "leg": 850, "foot": 160, "arm": 560}
     widths = np.array([1.0, 1.02, 1.0, 0.98, 0.97, 0.98, 1.0, 1.02, 1.0, 1.0, 1.0, 1.0])
     pieces = _body_pieces(j, counts, widths, 1.03, 0.02, names)
@@ -681,7 +707,7 @@ def _build_smpl(rng) -> tuple[Part, dict[str, ModelArrays]]:
         faces=full.faces,
         weights=full.weights,
         posedirs=pose_correctives(full.verts, full.weights, reg @ full.verts, layouts.SMPL_PARENTS),
-        shapedirs=mix_fields(fields, 10, rng, 0.8),
+        shapedirs=smpl_shape_space(full.verts, smplx, rng),
         j_regressor=reg,
         parents=layouts.SMPL_PARENTS,
     )
@@ -713,11 +739,12 @@ def deformation_transfer(smpl: ModelArrays, smplx: ModelArrays) -> sp.csr_matrix
 def build_kit(seed: int = 0) -> Kit:
     """All models and correspondence data of the synthetic kit for ``seed`` (nothing written)."""
     rng = np.random.default_rng(seed)
-    streams = rng.spawn(4)
+    streams = rng.spawn(5)
+    size = 1.0 + 0.01 * streams[4].standard_normal(2)  # body width, height: shared by SMPL and SMPL-X
     head, flame, emb = _build_flame(streams[0])
     hand, mano = _build_mano(streams[1])
-    _, smplx, head_final, hand_final, head_face_start = _build_smplx(streams[2], head, flame["2020"], hand, mano)
-    _, smpl = _build_smpl(streams[3])
+    _, smplx, head_final, hand_final, head_face_start = _build_smplx(streams[2], size, head, flame["2020"], hand, mano)
+    _, smpl = _build_smpl(streams[3], size, smplx["NEUTRAL"])
     lmk = {
         "lmk_faces_idx": emb["static"][0] + head_face_start,
         "lmk_bary_coords": emb["static"][1],

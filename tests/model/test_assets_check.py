@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from model.assets import synthetic
 from model.assets.catalog import CATALOG, MARKER_FILE, asset_file
 from model.assets.check import asset_hashes, check_assets, check_passed, format_report
 from model.assets.legacy_pickle import ChumpyCh, ChumpySelect, dumps_legacy
@@ -39,7 +40,7 @@ def _line(results, root, rel):
 def test_check_passes_on_the_kit(kit_dir, capsys):
     assert _cli("check", str(kit_dir)) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"checking {kit_dir}: synthetic kit (seed 0, kit version 1)"
+    assert out[0] == f"checking {kit_dir}: synthetic kit (seed 0, kit version {synthetic.KIT_VERSION})"
     assert len(out) == len(CATALOG) + 2 and all(line.startswith("OK ") for line in out[1:-1])
     assert "OK       smplx/SMPLX_NEUTRAL.npz: SMPL-X: 10475 vertices, 55 joints" in out[5]
     assert out[-1] == "all required files present and valid"

@@ -134,7 +134,7 @@ def test_smpl_and_smplx_differ_like_the_real_ones(kit_dir):
     smplx_m = load_body_model(kit_dir / "smplx/SMPLX_NEUTRAL.npz")
     body = slice(0, 22)
     gap = np.linalg.norm(smpl.rest_joints()[body] - smplx_m.rest_joints()[body], axis=1)
-    assert gap.max() > 0.01 and gap.mean() < 0.05  # same kind of body, different rest joints
+    assert 0.004 < gap.max() < 0.015 and gap.mean() > 0.003  # same kind of body, different rest joints
     assert smpl.shapedirs.shape[2] == 10 and smplx_m.shapedirs.shape[2] == 400
     # the deformation transfer maps the SMPL template close to the SMPL-X template, but not onto it
     mtx = load_deformation_transfer(kit_dir / "transfer/smpl2smplx_deftrafo_setup.pkl")
@@ -144,6 +144,24 @@ def test_smpl_and_smplx_differ_like_the_real_ones(kit_dir):
     assert np.median(err) < 0.02
     assert err.max() > 0.003
     np.testing.assert_allclose(np.asarray(mtx[:, :6890].sum(1)).ravel(), 1.0, atol=1e-9)
+
+
+def test_smpl_shape_space_is_a_mixed_basis_of_smplx_first_components(kit_dir):
+    smpl = load_body_model(kit_dir / "smpl/SMPL_NEUTRAL.pkl")
+    smplx_m = load_body_model(kit_dir / "smplx/SMPLX_NEUTRAL.npz")
+    mtx = load_deformation_transfer(kit_dir / "transfer/smpl2smplx_deftrafo_setup.pkl")[:, :6890]
+    mapped = np.stack([mtx @ smpl.shapedirs[:, :, i] for i in range(10)], -1).reshape(-1, 10)
+
+    def fit(count: int) -> tuple[np.ndarray, float]:  # SMPL components from SMPL-X's first ``count``
+        basis = smplx_m.shapedirs[:, :, :count].reshape(-1, count)
+        coeffs = np.linalg.lstsq(basis, mapped, rcond=None)[0]
+        return coeffs, np.linalg.norm(basis @ coeffs - mapped) / np.linalg.norm(mapped)
+
+    coeffs, residual = fit(10)
+    assert 0.005 < residual < 0.06  # largely shared span, a small part outside it
+    assert fit(5)[1] > 2 * residual  # every one of the 10 SMPL-X components is needed
+    off_diagonal = coeffs - np.diag(np.diag(coeffs))
+    assert np.linalg.norm(off_diagonal) > 0.5 * np.linalg.norm(coeffs)  # a different basis, not a copy
 
 
 def test_face_landmarks_sit_on_the_face(kit_dir):
@@ -179,7 +197,7 @@ def test_bending_joints_keeps_the_surface_in_one_piece(kit_dir, model_type):
     edges = np.concatenate([model.faces[:, [0, 1]], model.faces[:, [1, 2]], model.faces[:, [2, 0]]]).astype(np.int64)
     length = lambda v: np.linalg.norm(v[edges[:, 0]] - v[edges[:, 1]], axis=1)  # noqa: E731
     ratio = length(bent) / length(rest)
-    assert 0.1 < ratio.min() and ratio.max() < 3.0  # folds squeeze (as with any skinning), nothing tears
+    assert 0.05 < ratio.min() and ratio.max() < 3.0  # folds squeeze (the groin: to ~0.1), nothing tears
     assert np.abs(bent - rest).max() > 0.2  # the forearm and the legs moved
 
 
