@@ -15,6 +15,11 @@ if [ -z "${VIRTUAL_ENV:-}" ]; then
   . .venv/bin/activate
 fi
 python -m pip install -q --upgrade pip
+# torch first, alone, at the pyproject pin: resolved together with everything else, pip may pick the
+# registry's CUDA build of the same version (GBs of nvidia packages) over a local CPU wheel; once the pin is
+# installed, the project install keeps it. (For CPU-only torch elsewhere: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu)
+torch_pin=$(python -c "import tomllib; print(next(d for d in tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'] if d.startswith('torch')))")
+python -m pip install -q "${torch_pin}"
 python -m pip install -q -e ".[${extras}]"
 cv_version=$(python -c "import importlib.metadata as m; print(m.version('opencv-contrib-python'))" 2>/dev/null || true)
 if [ -n "$cv_version" ]; then
