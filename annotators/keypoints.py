@@ -26,7 +26,7 @@ import itertools
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -484,9 +484,6 @@ class KeypointsConfig:
     min_hand_separation: float = 0.5
     """Two hands whose wrists are closer than this fraction of the smaller hand's region are the same
     hand found twice: the side whose pose wrist is farther from it loses it."""
-    resources: StageResources = field(default_factory=StageResources)
-    """Ray actor resources. The MediaPipe graphs keep about one core busy while they run; the default
-    CPU share stays fractional so that Ray Data's read tasks are not starved on small machines."""
 
     def __post_init__(self) -> None:
         if self.isolate not in ISOLATE_MODES:
@@ -537,6 +534,9 @@ class KeypointsStage:
     backend = f"mediapipe@{MEDIAPIPE_VERSION}"
     default_backend = True
     """``--stages keypoints`` means this backend (the embedded one)."""
+    resources = StageResources()
+    """Default actor resources. The MediaPipe graphs keep about one core busy while they run; the CPU share
+    stays fractional so that Ray Data's read tasks are not starved on small machines."""
 
     def __init__(self, config: KeypointsConfig | None = None, policy: ErrorPolicy = ErrorPolicy.QUARANTINE):
         self.config = config or KeypointsConfig()

@@ -124,14 +124,10 @@ class RefineStageConfig:
     """With the silhouette term on (``refine.ehm.silhouette > 0``): side in px of the person-mask grid."""
     crop_scale: float = 1.25
     """With the silhouette term on: side of the segmented person crop, in box sides."""
-    resources: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=64))
-    """Ray actor resources: a large batch is what makes the refinement fast (give it ``num_gpus`` on GPU)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.refine, dict):
             self.refine = RefineConfig(**self.refine)
-        if isinstance(self.resources, dict):
-            self.resources = StageResources(**self.resources)
 
 
 @STAGES.register("refine/ehm")
@@ -253,13 +249,9 @@ class QualityStageConfig(QualityConfig):
     """Body-model folder (the job fills it in)."""
     device: str = "auto"
     """Torch device for the EHM pass and the rasteriser."""
-    resources: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=64))
-    """Ray actor resources."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.resources, dict):
-            self.resources = StageResources(**self.resources)
 
 
 QUALITY_COLUMNS = {

@@ -30,7 +30,7 @@ See ``docs/reference_backends.md``.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
@@ -276,8 +276,6 @@ class WholeBodyOnnxConfig:
     """Score a keypoint needs to count as visible in ``conf_*`` (DWPose draws keypoints above 0.3)."""
     min_visible_fraction: float = 0.5
     """Fraction of a part's keypoints that must be visible for ``has_*``."""
-    resources: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=16))
-    """Ray actor resources."""
 
     def __post_init__(self) -> None:
         if not self.pose_model:
@@ -308,6 +306,9 @@ class WholeBodyOnnxStage(CropStage):
     detector, ``sample_key`` (rows of one image share one detector run); adds the columns of
     :func:`wholebody_placeholders`. The sessions open on first use.
     """
+
+    resources = StageResources(num_cpus=1.0, batch_size=16)
+    """Default actor resources (give the stage ``num_gpus`` in the job config on a GPU cluster)."""
 
     name = "keypoints"
     required = ("image", "bbox_xyxy")

@@ -41,6 +41,7 @@ import schemas
 from annotators.base import ERROR_REASON, ERROR_STAGE, Batch, batch_len, ensure_error_columns, error_digest
 from pipelines.body_models import cached_kit
 from pipelines.config import PERSONS_ANNOTATOR, AnnotateConfig, RayConfig, stage_class
+from annotators.persons import NO_PERSON
 from pipelines.sinks import CROP_JPEG, NO_PERSONS, SAMPLE_ROWS, ShardSink, ShardSpec
 from pipelines.sources import SAMPLE_COLUMNS, load_batch, samples_to_batch
 
@@ -48,7 +49,6 @@ log = logging.getLogger(__name__)
 
 LOAD = "load"
 """Name of the read-and-decode step in timings."""
-NO_PERSON_REASON = "no person found"
 """Start of the reason on rows of samples without a person (the persons stage's own rows, or the marker
 this module adds): such samples are counted in the shard stats, not quarantined."""
 SINK_COLUMNS = frozenset(schemas.FIELD_NAMES) | {
@@ -286,7 +286,7 @@ def account_samples(inputs: Batch, outputs: Batch, stage: str) -> Batch:
         failed = np.array([bool(s) for s in inputs[ERROR_STAGE][missing]])
         extra["person_index"] = np.full(len(missing), -1, dtype=outputs["person_index"].dtype)
         extra[ERROR_STAGE] = np.where(failed, inputs[ERROR_STAGE][missing], stage).astype(object)
-        extra[ERROR_REASON] = np.where(failed, inputs[ERROR_REASON][missing], NO_PERSON_REASON).astype(object)
+        extra[ERROR_REASON] = np.where(failed, inputs[ERROR_REASON][missing], NO_PERSON).astype(object)
         outputs[NO_PERSONS] = np.zeros(batch_len(outputs), dtype=bool)
         extra[NO_PERSONS] = ~failed
         outputs = concat_batches([outputs, {k: extra[k] for k in outputs}]) if batch_len(outputs) else extra
@@ -294,7 +294,7 @@ def account_samples(inputs: Batch, outputs: Batch, stage: str) -> Batch:
         outputs[NO_PERSONS] = np.zeros(batch_len(outputs), dtype=bool)
     reasons = outputs[ERROR_REASON]
     outputs[NO_PERSONS] = outputs[NO_PERSONS] | np.array(
-        [p < 0 and str(r).startswith(NO_PERSON_REASON) for p, r in zip(outputs["person_index"], reasons)], dtype=bool)
+        [p < 0 and str(r).startswith(NO_PERSON) for p, r in zip(outputs["person_index"], reasons)], dtype=bool)
     counts = Counter(outputs["sample_key"])
     outputs[SAMPLE_ROWS] = np.array([counts[k] for k in outputs["sample_key"]], dtype=np.int32)
     return outputs

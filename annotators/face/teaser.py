@@ -74,8 +74,6 @@ class FaceCropConfig:
     """Face crops per network call."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
-    resources: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=32))
-    """Ray actor resources."""
 
     def __post_init__(self) -> None:
         if self.crop_scale <= 0 or self.batch_size < 1:
@@ -132,6 +130,8 @@ class _TeaserStageBase(CropStage):
     """Crops, batching and output mapping; subclasses open the network (:meth:`model`)."""
 
     name = "face"
+    resources = StageResources(num_cpus=1.0, batch_size=32)
+    """Default actor resources (give the stage ``num_gpus`` in the job config on a GPU cluster)."""
     required = ("image", "mp_face_landmarks", "has_face")
 
     def model(self) -> TorchModel | OnnxModel:

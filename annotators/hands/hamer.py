@@ -133,8 +133,6 @@ class HandCropConfig:
     """Hand crops per network call (any size; the official demo fixes 8)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
-    resources: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=32))
-    """Ray actor resources (give it ``num_gpus`` on a GPU cluster)."""
 
     def __post_init__(self) -> None:
         if self.rescale_factor <= 0:
@@ -202,6 +200,8 @@ class _HamerStageBase(CropStage):
     sets ``crop_size`` and ``bbox_shape``) and run it (:meth:`_predict`)."""
 
     name = "hands"
+    resources = StageResources(num_cpus=1.0, batch_size=32)
+    """Default actor resources (give the stage ``num_gpus`` in the job config on a GPU cluster)."""
     required = ("image", "kp2d_wholebody")
     crop_size: int = HAMER_CROP_SIZE
     bbox_shape: tuple[int, int] | None = (192, 256)
