@@ -96,7 +96,7 @@ class BodyConfig:
     """Confident body keypoints (COCO-17 + feet) a row needs for the keypoint fit."""
     min_confidence: float = 0.3
     """Keypoint confidence below which a keypoint is not used (fit and translation)."""
-    fit_iterations: int = 150
+    fit_iterations: int = 300
     """Adam steps of the keypoint fit's body stage (:class:`fitting.smplify.SmplifyConfig`)."""
     orient_iterations: int = 40
     """Adam steps of the keypoint fit's torso stage."""

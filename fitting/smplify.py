@@ -12,11 +12,14 @@ datasets and SMPL-X (neck, head top, pelvis, thorax) are left out.
    hypothesis, away from it); for each, the translation that best projects its shoulders and hips onto
    the keypoints comes from :func:`fitting.camera.solve_translation` (all confident keypoints if the torso
    is not visible, the box otherwise). ``orient_iterations`` Adam steps then fit the global orientation
-   and translation to the torso keypoints, and the hypothesis with the lower torso loss is kept.
-2. *Body.* ``iterations`` Adam steps on global orientation, body pose, betas and translation minimise
-   :func:`smplify_objective`: a Geman-McClure robust reprojection term over the confident keypoints (in
-   units of the person box's longer side, so that the weights do not depend on the image resolution),
-   plus the pose prior, joint limits (:mod:`fitting.priors`) and a shape prior.
+   and translation to the torso keypoints.
+2. *Body.* For both hypotheses, ``iterations`` Adam steps on global orientation, body pose, betas and
+   translation minimise :func:`smplify_objective`: a Geman-McClure robust reprojection term over the
+   confident keypoints (in units of the person box's longer side, so that the weights do not depend on
+   the image resolution), plus the pose prior, joint limits (:mod:`fitting.priors`) and a shape prior.
+   The robust scale is annealed over ``sigma_phases`` phases (:func:`sigma_schedule`), from a wide one
+   that still pulls limbs far from their keypoints to the final one that ignores outliers. The
+   hypothesis with the lower final objective is kept.
 
 The intrinsics are fixed (the record's ``cam_intrinsics``); the result is in the OpenCV camera frame.
 """
@@ -104,14 +107,22 @@ class SmplifyConfig:
 
     orient_iterations: int = 40
     """Adam steps of the torso stage (global orientation and translation)."""
-    iterations: int = 150
+    iterations: int = 300
     """Adam steps of the body stage."""
     lr: float = 0.03
     """Adam step size of both stages (radians, metres and beta units per step), decayed to a tenth."""
     min_confidence: float = 0.3
     """Keypoints with a lower confidence are ignored."""
     robust_sigma: float = 0.1
-    """Geman-McClure scale, as a fraction of the person box's longer side."""
+    """Geman-McClure scale, as a fraction of the person box's longer side (of the body stage's last phase)."""
+    robust_sigma_start: float = 0.5
+    """Geman-McClure scale of the body stage's first phase. The robust cost gives almost no gradient to
+    residuals a few ``sigma`` long, so a limb that starts far from its keypoints (an arm raised to the face
+    from the T-pose) stays where it is under a small ``sigma``; the body stage therefore anneals ``sigma``
+    from this value down to :attr:`robust_sigma` (graduated non-convexity)."""
+    sigma_phases: int = 3
+    """Phases of the body stage, each ``iterations / sigma_phases`` Adam steps at one ``sigma`` of a
+    geometric sequence from :attr:`robust_sigma_start` to :attr:`robust_sigma`."""
     pose_prior_weight: float = 1e-3
     """Weight of :func:`fitting.priors.pose_prior`."""
     joint_limit_weight: float = 1.0
@@ -120,6 +131,14 @@ class SmplifyConfig:
     """Weight of :func:`fitting.priors.shape_prior`."""
     default_height_m: float = 1.7
     """Body height assumed to place the body from its box when no torso keypoint is confident."""
+
+    def __post_init__(self) -> None:
+        if not (0 < self.robust_sigma <= self.robust_sigma_start):
+            raise ValueError(f"SmplifyConfig needs 0 < robust_sigma <= robust_sigma_start, got "
+                             f"{self.robust_sigma} and {self.robust_sigma_start}")
+        if self.sigma_phases < 1 or self.iterations < self.sigma_phases:
+            raise ValueError(f"SmplifyConfig needs 1 <= sigma_phases <= iterations, got {self.sigma_phases} "
+                             f"phases for {self.iterations} iterations")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,12 +165,24 @@ def keypoint_data_term(projected: Tensor, observed: Tensor, weights: Tensor, sca
 
 
 def smplify_objective(projected: Tensor, observed: Tensor, weights: Tensor, scale: Tensor, body_pose: Tensor,
-                      betas: Tensor, config: SmplifyConfig) -> Tensor:
-    """Data term plus weighted priors, ``[B]`` (``body_pose  # [B, 21, 3]``, ``betas  # [B, S]``)."""
-    return (keypoint_data_term(projected, observed, weights, scale, config.robust_sigma)
+                      betas: Tensor, config: SmplifyConfig, sigma: float | None = None) -> Tensor:
+    """Data term plus weighted priors, ``[B]`` (``body_pose  # [B, 21, 3]``, ``betas  # [B, S]``);
+    ``sigma`` (default ``config.robust_sigma``) is the Geman-McClure scale."""
+    sigma = config.robust_sigma if sigma is None else sigma
+    return (keypoint_data_term(projected, observed, weights, scale, sigma)
             + config.pose_prior_weight * pose_prior(body_pose)
             + config.joint_limit_weight * joint_limit_penalty(body_pose)
             + config.shape_prior_weight * shape_prior(betas))
+
+
+def sigma_schedule(config: SmplifyConfig) -> list[float]:
+    """Geman-McClure scales of the body stage's phases: geometric from ``robust_sigma_start`` to
+    ``robust_sigma`` (one phase: ``robust_sigma`` alone)."""
+    n = config.sigma_phases
+    if n == 1:
+        return [config.robust_sigma]
+    ratio = config.robust_sigma / config.robust_sigma_start
+    return [config.robust_sigma_start * ratio ** (i / (n - 1)) for i in range(n)]
 
 
 def reprojection_px(projected: Tensor, observed: Tensor, weights: Tensor) -> Tensor:
@@ -241,29 +272,36 @@ class KeypointFitter(torch.nn.Module):
             return keypoint_data_term(project(pts, two(intrinsics.to(dtype))), two(observed), two(use_w), two(scale),
                                       cfg.robust_sigma)
 
-        stage1 = minimize_adam([global_orient, transl], torso_loss, iterations=cfg.orient_iterations, lr=cfg.lr,
-                               lr_final=cfg.lr * 0.1)
-        pick = (stage1.loss[b:] < stage1.loss[:b])
-        choose = lambda x: torch.where(pick.reshape(-1, *([1] * (x.dim() - 1))), x[b:], x[:b])  # noqa: E731
-        params = {"global_orient": choose(global_orient.detach()).clone().requires_grad_(True),
-                  "body_pose": torch.zeros(b, 21, 3, dtype=dtype, device=device, requires_grad=True),
-                  "betas": torch.zeros(b, nb, dtype=dtype, device=device, requires_grad=True),
-                  "transl": choose(transl.detach()).clone().requires_grad_(True)}
-        k = intrinsics.to(dtype)
+        minimize_adam([global_orient, transl], torso_loss, iterations=cfg.orient_iterations, lr=cfg.lr,
+                      lr_final=cfg.lr * 0.1)
+        # Both hypotheses go through the body stage: a torso seen from the side fits either way round,
+        # and only the limbs tell which one is right.
+        params = {"global_orient": global_orient.detach().clone().requires_grad_(True),
+                  "body_pose": torch.zeros(2 * b, 21, 3, dtype=dtype, device=device, requires_grad=True),
+                  "betas": torch.zeros(2 * b, nb, dtype=dtype, device=device, requires_grad=True),
+                  "transl": transl.detach().clone().requires_grad_(True)}
+        intr2, obs2, w2, scale2 = two(intrinsics.to(dtype)), two(observed), two(weights), two(scale)
 
         def projected() -> Tensor:
-            return project(self.points(params)[:, model_idx], k)
+            return project(self.points(params)[:, model_idx], intr2)
 
         with torch.no_grad():
-            initial = reprojection_px(projected(), observed, weights)
+            initial = reprojection_px(projected(), obs2, w2)
 
-        # -- stage 2: the body -----------------------------------------------------------------------
-        def body_loss() -> Tensor:
-            return smplify_objective(projected(), observed, weights, scale, params["body_pose"], params["betas"], cfg)
+        # -- stage 2: the body, sigma annealed -------------------------------------------------------
+        sigmas = sigma_schedule(cfg)
+        steps = [cfg.iterations // len(sigmas) + (i < cfg.iterations % len(sigmas)) for i in range(len(sigmas))]
+        for sigma, n_steps in zip(sigmas, steps):
+            def body_loss(sigma: float = sigma) -> Tensor:
+                return smplify_objective(projected(), obs2, w2, scale2, params["body_pose"], params["betas"], cfg,
+                                         sigma)
 
-        result = minimize_adam(list(params.values()), body_loss, iterations=cfg.iterations, lr=cfg.lr,
-                               lr_final=cfg.lr * 0.1)
+            minimize_adam(list(params.values()), body_loss, iterations=n_steps, lr=cfg.lr,
+                          lr_final=cfg.lr * 0.1)
         with torch.no_grad():
-            final = reprojection_px(projected(), observed, weights)
-        return SmplifyResult(params={k: v.detach() for k, v in params.items()}, reprojection_px=final,
-                             initial_reprojection_px=initial, loss=result.loss)
+            loss = smplify_objective(projected(), obs2, w2, scale2, params["body_pose"], params["betas"], cfg)
+            final = reprojection_px(projected(), obs2, w2)
+        pick = loss[b:] < loss[:b]
+        choose = lambda x: torch.where(pick.reshape(-1, *([1] * (x.dim() - 1))), x[b:], x[:b])  # noqa: E731
+        return SmplifyResult(params={k: choose(v.detach()) for k, v in params.items()},
+                             reprojection_px=choose(final), initial_reprojection_px=choose(initial), loss=choose(loss))

@@ -16,6 +16,7 @@ from fitting.smplify import (
     keypoint_data_term,
     keypoint_layout,
     reprojection_px,
+    sigma_schedule,
 )
 from model.body_models import SMPLX
 
@@ -43,6 +44,16 @@ def test_objective_pieces() -> None:
     assert torch.isnan(reprojection_px(projected, observed, torch.zeros(1, 2)))[0]
     cost = keypoint_data_term(projected, observed, weights, torch.tensor([100.0]), 1.0)
     assert float(cost[0]) == pytest.approx(0.01 / 1.01)
+
+
+def test_sigma_schedule_anneals_geometrically_to_the_final_scale() -> None:
+    sigmas = sigma_schedule(SmplifyConfig(robust_sigma_start=0.4, robust_sigma=0.1, sigma_phases=3))
+    assert sigmas == pytest.approx([0.4, 0.2, 0.1])
+    assert sigma_schedule(SmplifyConfig(sigma_phases=1)) == [0.1]
+    with pytest.raises(ValueError, match="robust_sigma_start"):
+        SmplifyConfig(robust_sigma=0.5, robust_sigma_start=0.2)
+    with pytest.raises(ValueError, match="sigma_phases"):
+        SmplifyConfig(iterations=2, sigma_phases=3)
 
 
 def test_fit_reduces_the_reprojection_error_of_known_bodies(kit_dir) -> None:
