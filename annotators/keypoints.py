@@ -13,9 +13,16 @@ Per person row (``image`` + ``bbox_xyxy``):
    hand and elbow points, upsampled to the model's 224 px input whatever the hand's size, then
    re-placed from its own landmarks (``hand_passes``). No palm detector runs (it misses small hands).
    Left/right come from the pose (the person's sides), never from MediaPipe's handedness label.
+   **Pose-only hands** (``pose_hands``): the hand landmark model is trained on bare hands and finds no
+   gloved hand (all the visible hands of ``examples/`` are gloved). When it finds none but BlazePose sees
+   the hand's wrist, index and pinky points (mean visibility at least ``min_pose_hand_visibility``, all
+   three inside the image), the hand is kept with ``has_hands`` set and ``has_hand_landmarks`` not, and
+   confidence ``pose_hand_confidence`` times that visibility; the hands stage then orients MANO from
+   those three points (``mp_pose_landmarks``) and leaves the fingers at the mean pose.
 
 Outputs are mapped to the COCO-WholeBody-133 layout (:mod:`annotators.wholebody`) in full-image pixels;
-the raw face mesh (478) and the 3D hand landmarks are kept for the FLAME and MANO fitting stages.
+the BlazePose landmarks (33), the raw face mesh (478) and the 3D hand landmarks are kept for the body,
+FLAME and MANO fitting stages.
 See ``docs/keypoints.md``.
 """
 
@@ -481,6 +488,16 @@ class KeypointsConfig:
     """Run the hand model only when the pose's wrist is at least this visible."""
     min_hand_presence: float = 0.5
     """Hand presence score needed for ``has_hands``."""
+    pose_hands: bool = True
+    """Keep a hand the hand landmark model did not find (gloved, blurred) when the pose sees its wrist,
+    index and pinky points: ``has_hands`` True, ``has_hand_landmarks`` False (see the module docstring)."""
+    min_pose_hand_visibility: float = 0.75
+    """Mean BlazePose visibility of the wrist, index and pinky points a pose-only hand needs. BlazePose
+    also places hands it does not see (0.66 for Grace Hopper's hand below the frame's jacket, 0.9+ for
+    the skier's gloves in ``examples/``)."""
+    pose_hand_confidence: float = 0.7
+    """``conf_hands`` of a pose-only hand = this times the three points' mean visibility (so at the
+    default settings it passes the refinement's hand gate of 0.5)."""
     min_hand_separation: float = 0.5
     """Two hands whose wrists are closer than this fraction of the smaller hand's region are the same
     hand found twice: the side whose pose wrist is farther from it loses it."""
@@ -491,6 +508,9 @@ class KeypointsConfig:
         self.crop_scales = tuple(float(v) for v in self.crop_scales)
         if not self.crop_scales or not all(v > 0 for v in self.crop_scales):
             raise ValueError(f"KeypointsConfig.crop_scales must be positive numbers, got {self.crop_scales!r}")
+        for name in ("min_pose_hand_visibility", "pose_hand_confidence"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"KeypointsConfig.{name} must lie in [0, 1], got {getattr(self, name)!r}")
         for name in ("face_roi_scale", "hand_roi_scale", "hand_roi_forearm_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"KeypointsConfig.{name} must be positive, got {getattr(self, name)!r}")
@@ -503,11 +523,13 @@ def keypoint_placeholders() -> dict[str, Any]:
     """Column values for rows the stage did not annotate (zeros, ``has_*`` False)."""
     return {
         "kp2d_wholebody": np.zeros((wb.NUM_KEYPOINTS, 3), np.float32),
+        "mp_pose_landmarks": np.zeros((33, 4), np.float32),
         "mp_face_landmarks": np.zeros((478, 3), np.float32),
         "mp_hand_landmarks_3d": np.zeros((2, 21, 3), np.float32),
         "has_kp_body": np.bool_(False),
         "has_face": np.bool_(False),
         "has_hands": np.zeros(2, bool),
+        "has_hand_landmarks": np.zeros(2, bool),
         "conf_body": np.float32(0.0),
         "conf_face": np.float32(0.0),
         "conf_hands": np.zeros(2, np.float32),
@@ -610,6 +632,7 @@ class KeypointsStage:
                 kp[dst] = (*pose.points[src, :2], pose.visibility[src])
             for toe, big_toe in wb.SMALL_TOES:
                 kp[toe] = (*kp[big_toe, :2], 0.0)
+            out["mp_pose_landmarks"] = np.concatenate([pose.points, pose.visibility[:, None]], axis=1)
             out["has_kp_body"] = np.bool_(True)
             out["conf_body"] = np.float32(kp[wb.BODY, 2].mean())
         if face is not None:
@@ -624,6 +647,10 @@ class KeypointsStage:
             out["conf_face"] = np.float32(conf)
         for side, hand in enumerate(hands):
             if hand is None:
+                conf = self.pose_hand(pose, side, image.shape) if pose is not None and cfg.pose_hands else 0.0
+                if conf > 0:
+                    out["has_hands"][side] = True
+                    out["conf_hands"][side] = conf
                 continue
             part = wb.HANDS[side]
             kp[part][list(wb.HAND_TO_WHOLEBODY)] = np.concatenate(
@@ -631,6 +658,7 @@ class KeypointsStage:
             )
             out["mp_hand_landmarks_3d"][side] = hand.world
             out["has_hands"][side] = True
+            out["has_hand_landmarks"][side] = True
             out["conf_hands"][side] = hand.presence
         self.last_latency_ms = {"pose": 1e3 * (t1 - t0), "face": 1e3 * (t2 - t1), "hands": 1e3 * (t3 - t2)}
         for k, v in self.last_latency_ms.items():
@@ -668,6 +696,18 @@ class KeypointsStage:
         if face is None or face.presence < cfg.min_face_presence:
             return None
         return face
+
+    def pose_hand(self, pose: PoseLandmarks, side: int, shape: tuple[int, ...]) -> float:
+        """Confidence of a pose-only hand on ``side`` (0 left, 1 right), or 0 when the pose does not see
+        its wrist, index and pinky points well enough or places one outside the image."""
+        cfg = self.config
+        idx = list(wb.POSE_HAND_POINTS[side])
+        vis = float(pose.visibility[idx].mean())
+        xy = pose.points[idx, :2]
+        inside = bool(np.all((xy >= 0) & (xy < np.array([shape[1], shape[0]]))))
+        if vis < cfg.min_pose_hand_visibility or not inside:
+            return 0.0
+        return float(np.float32(cfg.pose_hand_confidence * vis))
 
     def hands(self, image: np.ndarray, pose: PoseLandmarks) -> tuple[HandLandmarks | None, HandLandmarks | None]:
         """Left and right hands placed from the pose's wrists; ``None`` where not visible / not found."""

@@ -117,6 +117,10 @@ def flip_keypoints(kp: np.ndarray, image_width: float) -> np.ndarray:
 # MediaPipe -> COCO-WholeBody mapping tables: (wholebody index, MediaPipe index)
 # --------------------------------------------------------------------------------------------------
 
+POSE_HAND_POINTS = ((15, 19, 17), (16, 20, 18))
+"""BlazePose wrist, index and pinky points of each hand ([0] left, [1] right): what a pose-only hand is
+placed from (they stand for the hand landmarks 0, 5 and 17: wrist, index and pinky knuckles)."""
+
 POSE_TO_WHOLEBODY: tuple[tuple[int, int], ...] = (
     (0, 0), (1, 2), (2, 5), (3, 7), (4, 8), (5, 11), (6, 12), (7, 13), (8, 14), (9, 15), (10, 16),
     (11, 23), (12, 24), (13, 25), (14, 26), (15, 27), (16, 28),

@@ -18,7 +18,9 @@ Keys (fractions in [0, 1]; ``*_nme`` are normalised errors; ``*_ms`` millisecond
   ``face_nme_300w_wflw`` and ``face_nme_coco`` split it;
 - ``hand_pck_0.2``: hand-box PCK@0.2 over every labelled hand (a hand not found counts as wrong), pooled
   over OneHand10K, FreiHAND and COCO-WholeBody; split as ``hand_pck_0.2_onehand10k`` ... ``_coco``;
-  ``found`` counts the faces and hands found per dataset (found/labelled);
+  ``found`` counts the faces and hands found per dataset (found/labelled); hands are found by the hand
+  landmark model; ``hands_coco_with_pose_only`` also counts the keypoints stage's pose-only hands (hands
+  the hand model missed but BlazePose sees: MANO orientation, no finger keypoints);
 - ``persons_recall``: labelled COCO-WholeBody persons matched by a detection at IoU >= 0.5;
   ``persons_precision`` the matched share of the detections;
 - ``mano_ik_rmse_mm_median``: 3D landmark error of the MANO fit, over hands found;
@@ -208,9 +210,11 @@ def collect_persons(outputs: list[dict[str, Any]], persons: list[dict[str, Any]]
             if not ann[f"{name}_valid"]:
                 continue
             part = wb.HANDS[side]
-            hit, gt, norm = bool(out["has_hands"][side]), person["kp"][part], wb.box_size(_xyxy(ann[f"{name}_box"]))
+            # keypoint metrics count the hand model's hands; pose-only hands (gloves...) have no keypoints
+            hit, gt, norm = bool(out["has_hand_landmarks"][side]), person["kp"][part], wb.box_size(_xyxy(ann[f"{name}_box"]))
             found.hand_rows["coco"].append((_far_unless(hit, kp[part]), gt, norm))
             found.count("hands_coco", hit)
+            found.count("hands_coco_with_pose_only", bool(out["has_hands"][side]))
             if hit:
                 found.hands.append(HandSample(out["mp_hand_landmarks_3d"][side], kp[part, :2], gt, norm, side))
         if ann["face_valid"]:

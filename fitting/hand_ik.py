@@ -387,6 +387,35 @@ def solve_hand_ik(
     )
 
 
+PALM_TRIANGLE: tuple[int, ...] = (0, 5, 17)
+"""MediaPipe landmarks a pose-only hand is oriented from: wrist, index and pinky knuckles (BlazePose's
+wrist, index and pinky points stand for them)."""
+
+
+def orient_hand_from_palm(
+    layer: HandKeypoints,
+    palm: Tensor,  # [N, 3, 3] wrist, index knuckle, pinky knuckle (PALM_TRIANGLE), any units, x right, y down
+    is_left: Tensor,  # [N] bool
+) -> Tensor:
+    """MANO wrist rotations ``[N, 3]`` (axis-angle, the frame of ``palm``) turning the mean-shape hand's
+    wrist and index and pinky knuckles onto ``palm`` in the least-squares sense (a similarity fit: only
+    the rotation is kept). Left hands are mirrored as in :func:`solve_hand_ik` and come back in the MANO
+    left model's convention. The three points fix the palm plane, so the result is only as good as
+    their depths: a hand seen edge-on, or with the three points nearly collinear, is poorly oriented."""
+    if palm.dim() != 3 or palm.shape[1:] != (3, 3):
+        raise ValueError(f"palm: expected [N, 3, 3] (wrist, index and pinky knuckles), got {list(palm.shape)}")
+    if is_left.shape != palm.shape[:1] or is_left.dtype != torch.bool:
+        raise ValueError(f"is_left: expected a bool tensor of shape [{palm.shape[0]}], got {is_left.dtype} "
+                         f"{list(is_left.shape)}")
+    if not torch.isfinite(palm).all():
+        raise ValueError("palm: points contain NaN or infinity")
+    target = torch.where(is_left[:, None, None], mirror_points(palm), palm).to(layer.tip_template)
+    source = layer.rest()[list(PALM_TRIANGLE)].expand_as(target)
+    rot, _, _ = similarity_align(source, target)
+    orient = rotmat_to_rotvec(rot)
+    return torch.where(is_left[:, None], mirror_rotvec(orient), orient)
+
+
 def _check_target(target: Tensor, layer: HandKeypoints) -> None:
     if target.dim() != 3 or target.shape[1:] != (NUM_HAND_LANDMARKS, 3):
         raise ValueError(f"target: expected hand landmarks [N, {NUM_HAND_LANDMARKS}, 3], got {list(target.shape)}")

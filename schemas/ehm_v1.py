@@ -136,6 +136,8 @@ _P, _C, _K, _B, _H, _F, _Q = PARTS
 _BODY = {"mask": "has_body"}
 _SMPL = {"mask": "has_smpl_label"}
 _HANDS = {"mask": "has_hands"}
+_HAND_LANDMARKS = {"mask": "has_hand_landmarks"}
+_POSE = {"mask": "has_kp_body"}
 _FACE = {"mask": "has_face"}
 _NAN = {"fill": float("nan"), "allow_nan": True}
 _UNIT = {"bounds": (0.0, 1.0)}
@@ -178,13 +180,21 @@ FIELDS: tuple[Field, ...] = (
     _f32("kp2d_wholebody", (133, 3), "px", "image", _K,
          "COCO-WholeBody keypoints (x, y, confidence): 17 body, 6 feet, 68 face, 21 left hand, 21 right hand; "
          "confidence 0 where not detected."),
+    _f32("mp_pose_landmarks", (33, 4), "px", "image", _K,
+         "MediaPipe BlazePose landmarks (x, y, z, visibility); z is relative depth in pixel units (smaller: "
+         "nearer), visibility in [0, 1].", **_POSE),
     _f32("mp_face_landmarks", (478, 3), "px", "image", _K,
          "MediaPipe face mesh landmarks (x, y, z); z is relative depth in pixel units.", **_FACE),
     _f32("mp_hand_landmarks_3d", (2, 21, 3), "m", "mediapipe_hand_world", _K,
-         "MediaPipe 3D hand landmarks; [0] left hand, [1] right hand.", **_HANDS),
+         "MediaPipe 3D hand landmarks; [0] left hand, [1] right hand.", **_HAND_LANDMARKS),
     _bool("has_kp_body", (), _K, "Body keypoints were detected."),
     _bool("has_face", (), _K, "A face was detected (face landmarks and the FLAME fields are real)."),
-    _bool("has_hands", (2,), _K, "Hands detected ([0] left, [1] right): hand landmarks and MANO fields are real."),
+    _bool("has_hands", (2,), _K, "Hands found ([0] left, [1] right): the MANO fields are real (has_hand_landmarks "
+          "says whether from the hand's own landmarks or from the body pose alone)."),
+    _bool("has_hand_landmarks", (2,), _K,
+          "The hand landmark model found the hand ([0] left, [1] right): mp_hand_landmarks_3d and its 21 "
+          "keypoints are real. A hand with has_hands but not this was placed from the body pose's wrist, "
+          "index and pinky points: MANO wrist orientation only, fingers at the mean pose."),
     _f32("conf_body", (), "1", "none", _K, "Mean confidence of the body keypoints in [0, 1].", **_UNIT),
     _f32("conf_face", (), "1", "none", _K, "Face detection confidence in [0, 1].", **_UNIT),
     _f32("conf_hands", (2,), "1", "none", _K, "Hand detection confidences in [0, 1] ([0] left, [1] right).",

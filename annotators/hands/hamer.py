@@ -6,7 +6,11 @@ Per person row, for each hand (``[0]`` left, ``[1]`` right), as HaMeR's ``demo.p
 
 1. **Box** from the hand's 21 keypoints in ``kp2d_wholebody`` (91-111 left, 112-132 right): the
    min/max of those with confidence above ``min_keypoint_confidence`` (0.5), needing at least
-   ``min_keypoints`` (4) of them; otherwise the hand is skipped (``has_hands`` False).
+   ``min_keypoints`` (4) of them. A hand without such keypoints that the keypoints stage kept as a
+   pose-only hand (``has_hands`` set, e.g. a gloved hand the MediaPipe hand model misses), gets with
+   ``pose_boxes`` the hand region the keypoints stage places from BlazePose's wrist, hand and elbow
+   points (``mp_pose_landmarks``; :func:`annotators.keypoints.hand_roi_from_pose`), shrunk by
+   ``rescale_factor`` so that the crop is that region. Other hands are skipped (``has_hands`` False).
 2. **Crop**: centre = box centre, side = the box scaled by ``rescale_factor`` (2.0), expanded to the
    ``BBOX_SHAPE`` aspect (192:256), longer side; a square crop of that side warped to 256 px
    (bilinear, black outside). Left hands are cropped from the horizontally flipped image (centre
@@ -38,6 +42,7 @@ import torch
 
 from annotators import wholebody as wb
 from annotators.base import Batch, StageResources, STAGES
+from annotators.keypoints import KeypointsConfig, hand_roi_from_pose
 from annotators.wholebody_onnx import CropStage, rgb_image
 from fitting.hand_ik import mirror_rotvec
 from model.checkpoints import OnnxModel, TorchModel
@@ -129,6 +134,9 @@ class HandCropConfig:
     """Hand keypoints above this confidence make the box (HaMeR demo: 0.5)."""
     min_keypoints: int = 4
     """Hand keypoints needed above the confidence (HaMeR demo: more than 3)."""
+    pose_boxes: bool = True
+    """Crop pose-only hands (kept by the keypoints stage without hand keypoints) from the body pose's hand
+    region; their confidence is the keypoints stage's ``conf_hands``."""
     batch_size: int = 64
     """Hand crops per network call (any size; the official demo fixes 8)."""
     device: str = "auto"
@@ -216,7 +224,10 @@ class _HamerStageBase(CropStage):
     def __call__(self, batch: Batch) -> Batch:
         out = hand_placeholders(self.check_columns(batch))
         self.model()
-        done = self.prepare(batch, lambda i: self._row_crops(batch["image"][i], batch["kp2d_wholebody"][i]))
+        poses = self.config.pose_boxes and all(c in batch for c in ("mp_pose_landmarks", "has_hands", "conf_hands"))
+        done = self.prepare(batch, lambda i: self._row_crops(
+            batch["image"][i], batch["kp2d_wholebody"][i],
+            (batch["mp_pose_landmarks"][i], batch["has_hands"][i], batch["conf_hands"][i]) if poses else None))
         crops, where = [], []  # where: (row, side)
         for i, found in done:
             for side, crop, conf in found:
@@ -228,8 +239,10 @@ class _HamerStageBase(CropStage):
         batch.update(out)
         return batch
 
-    def _row_crops(self, image: Any, keypoints: Any) -> list[tuple[int, np.ndarray, float]]:
-        """(side, crop, confidence) for each hand of one row with a usable box."""
+    def _row_crops(self, image: Any, keypoints: Any, pose: tuple[Any, Any, Any] | None = None,
+                   ) -> list[tuple[int, np.ndarray, float]]:
+        """(side, crop, confidence) for each hand of one row with a usable box; ``pose``: the row's
+        ``(mp_pose_landmarks [33, 4], has_hands [2], conf_hands [2])`` for pose-only hands, or None."""
         kp = np.asarray(keypoints, np.float64)
         if kp.shape != (wb.NUM_KEYPOINTS, 3):
             raise ValueError(f"column 'kp2d_wholebody' must hold [133, 3] arrays, got {kp.shape}")
@@ -237,6 +250,10 @@ class _HamerStageBase(CropStage):
         found, flipped = [], None
         for side, part in enumerate(wb.HANDS):
             box = hand_box(kp[part], c.min_keypoint_confidence, c.min_keypoints)
+            conf = float(np.clip(kp[part, 2].mean(), 0.0, 1.0))
+            if box is None and pose is not None and bool(np.asarray(pose[1], bool)[side]):
+                box = self._pose_box(np.asarray(pose[0], np.float64), side)
+                conf = float(np.clip(np.asarray(pose[2], np.float64)[side], 0.0, 1.0))
             if box is None:
                 continue
             image = rgb_image(image)
@@ -245,9 +262,16 @@ class _HamerStageBase(CropStage):
                 flipped = np.ascontiguousarray(image[:, ::-1]) if flipped is None else flipped
                 center = np.array([image.shape[1] - center[0], center[1]])
             crop = crop_patch(flipped if side == 0 else image, center, side_px, self.crop_size)
-            conf = float(np.clip(kp[part, 2].mean(), 0.0, 1.0))
             found.append((side, crop, conf))
         return found
+
+    def _pose_box(self, pose: np.ndarray, side: int) -> np.ndarray | None:
+        """Box ``[4]`` whose HaMeR crop is the keypoints stage's hand region of ``pose  # [33, 4]``."""
+        if pose.shape != (33, 4) or not np.isfinite(pose).all():
+            raise ValueError(f"column 'mp_pose_landmarks' must hold finite [33, 4] arrays, got {pose.shape}")
+        roi = hand_roi_from_pose(pose[:, :2], side, KeypointsConfig.hand_roi_scale, KeypointsConfig.hand_roi_forearm_scale)
+        half = roi.size / (2.0 * self.config.rescale_factor)
+        return np.array([roi.cx - half, roi.cy - half, roi.cx + half, roi.cy + half])
 
     def _fill(self, out: Batch, where: np.ndarray, pred: dict[str, np.ndarray]) -> None:
         rows, sides = where[:, 0], where[:, 1]

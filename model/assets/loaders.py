@@ -18,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from model.assets import layouts
+from model.assets.catalog import asset_file
 from model.assets.safe_pickle import safe_load_pickle, safe_loads
 
 #: suffix of the members that hold a large sparse matrix in a converted ``.npz`` (see convert.py)
@@ -340,3 +341,15 @@ def load_deformation_transfer(path: Path | str) -> sp.csr_matrix:
     if mtx.shape not in ((n_smplx, 2 * n_smpl), (n_smplx, n_smpl)):
         raise AssetFormatError(f"{path}: {key} has shape {mtx.shape}, expected [{n_smplx}, {2 * n_smpl}]")
     return mtx
+
+
+def load_mean_hand_pose(body_models: str | Path) -> np.ndarray:
+    """The MANO mean hand poses ``[2, 15, 3]`` (left, right; ``hands_mean`` of each MANO file)."""
+    out = []
+    for side in ("left", "right"):
+        path = asset_file(body_models, f"mano_{side}")
+        mean = load_body_model(path, "mano").extra.get("hands_mean")
+        if mean is None:
+            raise ValueError(f"{path}: has no 'hands_mean'; the MANO file is incomplete (run `pearl assets check`)")
+        out.append(np.asarray(mean, np.float64).reshape(15, 3))
+    return np.stack(out)

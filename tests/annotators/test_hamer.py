@@ -11,6 +11,7 @@ import torch
 
 from annotators import wholebody as wb
 from annotators.base import ERROR_REASON, ERROR_STAGE, STAGES, ErrorPolicy
+from annotators.keypoints import hand_roi_from_pose
 from annotators.hands.hamer import (
     HamerOnnxStage,
     HamerOnnxStageConfig,
@@ -192,6 +193,31 @@ def test_hands_without_enough_confident_keypoints_are_skipped(tiny_hamer):
     assert out["has_hands"][0].tolist() == [False, True]
     np.testing.assert_allclose(out["conf_hands"][0], [0.0, 0.8], rtol=1e-6)
     assert not out["mano_hand_pose"][0, 0].any() and out["mano_hand_pose"][0, 1].any()
+
+
+def test_pose_only_hands_are_cropped_from_the_pose_hand_region(tiny_hamer):
+    folder, _ = tiny_hamer
+    row = person(0, left_conf=0.3)  # the left hand has no usable keypoints
+    batch = make_batch([row])
+    pose = np.zeros((1, 33, 4), np.float32)
+    pose[0, :, 3] = 0.9
+    pose[0, [13, 15, 17, 19], :2] = [[60.0, 120.0], [60.0, 80.0], [55.0, 70.0], [65.0, 70.0]]  # elbow, wrist, knuckles
+    batch |= {"mp_pose_landmarks": pose, "has_hands": np.array([[True, True]]),
+              "conf_hands": np.array([[0.6, 0.8]], np.float32)}
+    out = stage(folder)(dict(batch))
+    assert out["has_hands"][0].tolist() == [True, True]
+    np.testing.assert_allclose(out["conf_hands"][0], [0.6, 0.8], rtol=1e-6)  # the keypoints stage's for that hand
+    assert out["mano_hand_pose"][0, 0].any()
+    # the crop is the keypoints stage's hand region: the same hand given as keypoints filling that box agrees
+    s = stage(folder)
+    box = s._pose_box(pose[0].astype(np.float64), 0)
+    roi = hand_roi_from_pose(pose[0, :, :2].astype(np.float64), 0, 4.0, 0.8)
+    assert (box[2] - box[0]) * 2.0 == pytest.approx(roi.size) and (box[:2] + box[2:]) / 2 == pytest.approx([roi.cx, roi.cy])
+    # without pose boxes, or without the pose column, the hand is skipped as before
+    off = stage(folder, pose_boxes=False)(dict(batch))
+    assert off["has_hands"][0].tolist() == [False, True]
+    plain = stage(folder)(make_batch([row]))
+    assert plain["has_hands"][0].tolist() == [False, True]
 
 
 def test_bad_rows_are_quarantined_and_failed_rows_skipped(tiny_hamer):

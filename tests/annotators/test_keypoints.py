@@ -79,9 +79,11 @@ def test_output_columns_have_contract_shapes(annotated):
         "kp2d_wholebody": ((4, 133, 3), np.float32),
         "mp_face_landmarks": ((4, 478, 3), np.float32),
         "mp_hand_landmarks_3d": ((4, 2, 21, 3), np.float32),
+        "mp_pose_landmarks": ((4, 33, 4), np.float32),
         "has_kp_body": ((4,), np.bool_),
         "has_face": ((4,), np.bool_),
         "has_hands": ((4, 2), np.bool_),
+        "has_hand_landmarks": ((4, 2), np.bool_),
         "conf_body": ((4,), np.float32),
         "conf_face": ((4,), np.float32),
         "conf_hands": ((4, 2), np.float32),
@@ -138,9 +140,39 @@ def test_face_landmarks_land_on_the_face(annotated):
 
 def test_no_hands_reported_where_none_are_visible(annotated):
     # the portrait and the astronaut show no hands (BlazePose still guesses wrists inside the picture)
-    assert not annotated["has_hands"][1:3].any()
+    assert not annotated["has_hands"][1:3].any() and not annotated["has_hand_landmarks"][1:3].any()
     assert not annotated["mp_hand_landmarks_3d"][1:3].any()
     assert not annotated["kp2d_wholebody"][1:3, wb.LEFT_HAND.start :].any()
+
+
+def test_gloved_hands_are_kept_as_pose_only_hands(annotated):
+    # the skier's hands are gloved: the hand landmark model finds neither, BlazePose sees both
+    assert list(annotated["has_hands"][0]) == [True, True]
+    assert not annotated["has_hand_landmarks"][0].any()
+    assert not annotated["mp_hand_landmarks_3d"][0].any()
+    assert not annotated["kp2d_wholebody"][0, wb.LEFT_HAND.start:].any()  # no hand keypoints are made up
+    pose = annotated["mp_pose_landmarks"][0]
+    for side, points in enumerate(wb.POSE_HAND_POINTS):
+        vis = pose[list(points), 3].mean()
+        assert vis >= 0.75 and annotated["conf_hands"][0, side] == pytest.approx(0.7 * vis, rel=1e-5)
+    # the pose's wrists are the body keypoints' wrists
+    np.testing.assert_allclose(pose[[15, 16], :2], annotated["kp2d_wholebody"][0, [9, 10], :2])
+
+
+def test_pose_only_hand_needs_a_visible_hand_inside_the_image():
+    stage = kpm.KeypointsStage(kpm.KeypointsConfig(min_pose_hand_visibility=0.6, pose_hand_confidence=0.5))
+    points = np.zeros((33, 3), np.float32)
+    points[:, :2] = 50.0
+    visibility = np.full(33, 0.8, np.float32)
+    pose = kpm.PoseLandmarks(points, visibility, 1.0, False)
+    assert stage.pose_hand(pose, 0, (100, 100, 3)) == pytest.approx(0.4)
+    visibility[19] = 0.1  # left index: mean visibility of wrist, index, pinky 0.57
+    assert stage.pose_hand(pose, 0, (100, 100, 3)) == 0.0
+    assert stage.pose_hand(pose, 1, (100, 100, 3)) == pytest.approx(0.4)
+    points[18, 0] = 120.0  # right pinky outside a 100 px wide image
+    assert stage.pose_hand(pose, 1, (100, 100, 3)) == 0.0
+    with pytest.raises(ValueError, match="min_pose_hand_visibility"):
+        kpm.KeypointsConfig(min_pose_hand_visibility=1.5)
 
 
 def test_mirrored_image_gives_mirrored_keypoints(stage):
@@ -231,7 +263,10 @@ def test_hand_found_from_the_pose_wrist_on_a_real_person(stage):
     x, y, w, h = ann["bbox"]
     out = stage(make_batch([image], [[x, y, x + w, y + h]]))
     kp = out["kp2d_wholebody"][0]
-    assert list(out["has_hands"][0]) == [False, True]  # only the right hand is visible and large enough
+    # only the right hand is visible and large enough for the hand model; the left arm leaves the frame,
+    # where BlazePose still places a hand (visibility > 0.75): kept as a pose-only hand, labelled as such
+    assert list(out["has_hand_landmarks"][0]) == [False, True]
+    assert out["has_hands"][0, 1]
     hand = kp[wb.RIGHT_HAND]
     forearm = np.linalg.norm(kp[10, :2] - kp[8, :2])
     assert np.linalg.norm(hand[0, :2] - kp[10, :2]) < 0.5 * forearm  # hand root near the pose wrist

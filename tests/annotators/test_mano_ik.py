@@ -12,7 +12,9 @@ import torch
 
 from annotators.base import ERROR_REASON, ERROR_STAGE, STAGES, ErrorPolicy
 from annotators.hands.mano_ik import HAND_FIELDS, ManoIkConfig, ManoIkStage
+from annotators.wholebody import POSE_HAND_POINTS
 from fitting.hand_ik import MANO_TIP_VERTICES, MANO_TO_MEDIAPIPE, HandKeypoints, mirror_rotvec, rotation_angle
+from model.assets.loaders import load_mean_hand_pose
 from model.body_models import MANO
 from model.rotations import rotvec_to_rotmat
 
@@ -152,3 +154,59 @@ def test_real_hands_fit_and_face_the_camera(stage):
         scale = (xy * image_xy).sum() / (xy * xy).sum()  # weak perspective: scale only, no rotation
         error = np.linalg.norm(scale * xy - image_xy, axis=1) / boxes[i]
         assert scale > 0 and np.median(error) < 0.1 and error.max() < 0.2, (i, error)
+
+
+def pose_palms(kit_dir, orient: torch.Tensor) -> np.ndarray:
+    """BlazePose-like ``mp_pose_landmarks [n, 33, 4]`` whose hand points are the wrist and the index and
+    pinky knuckles of MANO hands with wrist rotations ``orient  # [n, 2, 3]`` (left from the left model),
+    scaled to pixels (x, y, depth) and shifted into an image."""
+    n = orient.shape[0]
+    pose = np.zeros((n, 33, 4), np.float32)
+    pose[..., 3] = 0.9
+    for side, name in enumerate(("left", "right")):
+        out = MANO.from_dir(kit_dir, name).to(torch.float64)(global_orient=orient[:, side])
+        # MANO joints: 0 wrist, 1 index MCP, 7 pinky MCP
+        palm = out.joints[:, [0, 1, 7]].numpy() * 2000.0 + np.array([300.0, 200.0, 0.0])
+        pose[:, list(POSE_HAND_POINTS[side]), :3] = palm
+    return pose
+
+
+def test_pose_only_hands_take_their_orientation_from_the_pose_and_the_mean_fingers(stage, kit_dir):
+    g = torch.Generator().manual_seed(5)
+    orient = torch.randn(3, 2, 3, generator=g, dtype=torch.float64)
+    landmarks, _ = known_hands(kit_dir, 3, seed=5)
+    batch = {
+        "mp_hand_landmarks_3d": landmarks,
+        "mp_pose_landmarks": pose_palms(kit_dir, orient),
+        "has_hands": np.array([[True, True], [True, False], [False, True]]),
+        "has_hand_landmarks": np.array([[True, False], [False, False], [False, False]]),
+        "conf_hands": np.full((3, 2), 0.6, np.float32),
+    }
+    out = stage(batch)
+    np.testing.assert_array_equal(out["has_hands"], batch["has_hands"])
+    pose_only = [(0, 1), (1, 0), (2, 1)]
+    rows, sides = np.array(pose_only).T
+    error = rotation_angle(torch.from_numpy(out["mano_global_orient"][rows, sides].astype(np.float64)),
+                           orient[rows, sides]).rad2deg()
+    assert error.max() < 0.1
+    mean = load_mean_hand_pose(kit_dir).astype(np.float32)
+    np.testing.assert_allclose(out["mano_hand_pose"][rows, sides], mean[sides])
+    assert not np.allclose(mean, 0)  # the kit's relaxed hand is not the flat one, so the check means something
+    np.testing.assert_allclose(out["conf_hands"][rows, sides], 0.6)
+    assert (out["mano_betas"][rows, sides] == 0).all() and (out["hand_scale"][rows, sides] == 1).all()
+    # the hand with landmarks is fitted to them, as before
+    assert out["conf_hands"][0, 0] > 0.5 and not np.allclose(out["mano_hand_pose"][0, 0], mean[0])
+
+
+def test_pose_only_hands_need_usable_pose_points(stage, kit_dir):
+    landmarks, _ = known_hands(kit_dir, 2, seed=6)
+    pose = pose_palms(kit_dir, torch.zeros(2, 2, 3, dtype=torch.float64))
+    pose[1, list(POSE_HAND_POINTS[0]), :3] = [[10.0, 10.0, 0.0], [20.0, 20.0, 0.0], [30.0, 30.0, 0.0]]  # a line
+    def batch() -> dict[str, np.ndarray]:
+        return {"mp_hand_landmarks_3d": landmarks, "has_hands": np.ones((2, 2), bool),
+                "has_hand_landmarks": np.zeros((2, 2), bool)}
+
+    out = stage(batch() | {"mp_pose_landmarks": pose})
+    assert list(out[ERROR_STAGE]) == ["", "hands"] and "collinear" in out[ERROR_REASON][1]
+    out = stage(batch())
+    assert list(out[ERROR_STAGE]) == ["hands", "hands"] and "mp_pose_landmarks" in out[ERROR_REASON][0]

@@ -13,6 +13,7 @@ from fitting.hand_ik import (
     least_squares,
     mirror_points,
     mirror_rotvec,
+    orient_hand_from_palm,
     rotation_angle,
     rotation_between,
     similarity_align,
@@ -131,6 +132,26 @@ def test_ik_recovers_a_left_hand_through_the_mirror(manos, layer):
     torch.testing.assert_close(mirror_rotvec(as_right.hand_pose), result.hand_pose)
     # solved as a right hand, a left hand fits badly: sides are not interchangeable
     assert solve_right_hand_ik(layer, target).rmse.mean() > 5 * result.rmse.mean()
+
+
+def test_palm_triangle_orients_both_hands_whatever_the_fingers_and_scale(manos, layer):
+    orient, fingers = random_orient(6, 8), bending_poses(layer, 6, seed=9)
+    is_left = torch.tensor([False, True] * 3)
+    palms = []
+    for i in range(6):
+        mano = manos["left" if is_left[i] else "right"]
+        pose = mirror_rotvec(fingers[i:i + 1]) if is_left[i] else fingers[i:i + 1]
+        points = mano_landmarks(mano, global_orient=orient[i:i + 1], hand_pose=pose)[:, [0, 5, 17]]
+        palms.append(points * 900.0 + 300.0)  # pixels: any scale and offset
+    found = orient_hand_from_palm(layer, torch.cat(palms), is_left)
+    assert rotation_angle(found, orient).rad2deg().max() < 0.01
+    # a left hand read as a right one is a different (wrong) rotation
+    wrong = orient_hand_from_palm(layer, torch.cat(palms), torch.zeros(6, dtype=torch.bool))
+    assert rotation_angle(wrong[is_left], orient[is_left]).rad2deg().min() > 10
+    with pytest.raises(ValueError, match="palm"):
+        orient_hand_from_palm(layer, torch.cat(palms)[:, :2], is_left)
+    with pytest.raises(ValueError, match="is_left"):
+        orient_hand_from_palm(layer, torch.cat(palms), is_left[:3])
 
 
 def test_ik_output_is_the_smplx_hand_pose(kit_dir, layer):
