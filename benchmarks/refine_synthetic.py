@@ -51,10 +51,10 @@ from torch import Tensor
 
 from fitting.camera import project
 from fitting.face_fit import IRIS_CENTRES
-from fitting.hand_ik import similarity_align
 from fitting.objectives import WHOLEBODY_PARTS, ehm_wholebody_points
 from fitting.priors import sample_body_pose
 from fitting.refine import ELBOWS, WRISTS, RefineConfig, RefineInputs, Refiner
+from fitting.solvers import similarity_align
 from fitting.wrist import hand_gate, twist_rotmat
 from model.rotations import rotmat_to_rotvec, rotvec_to_rotmat
 

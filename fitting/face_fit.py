@@ -23,7 +23,7 @@ by ``iris_weight``.
 :data:`JAW_LIMITS`, :data:`EYE_LIMITS` and ``[0, 1]`` for eyelids.
 
 **Solving** (:func:`solve_face_fit`): a similarity Procrustes fit of the neutral face's landmarks gives
-``R, s, t``; then Levenberg-Marquardt (:func:`fitting.hand_ik.least_squares` over
+``R, s, t``; then Levenberg-Marquardt (:func:`fitting.solvers.least_squares` over
 :func:`fitting.solvers.minimize_levenberg_marquardt`) runs a fixed number of iterations on all
 parameters. The Jacobian of the camera, jaw and eye parameters comes from automatic forward-mode
 differentiation; that of the shape, expression and eyelid coefficients from
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from fitting.hand_ik import least_squares, similarity_align
+from fitting.solvers import least_squares, similarity_align
 from model.body_models import FLAME, blend_skinning, pose_feature, skinning_transforms
 from model.rotations import rotmat_to_rotvec, rotvec_to_rotmat
 

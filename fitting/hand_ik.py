@@ -32,7 +32,7 @@ parameters exactly when the left model is the mirror image of the right one (as 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fitting.solvers import SolverResult, minimize_levenberg_marquardt
+from fitting.solvers import least_squares, similarity_align
 from model.body_models import MANO, blend_skinning, pose_feature, skinning_transforms
 from model.rotations import rotmat_to_rotvec, rotvec_to_rotmat
 
@@ -102,77 +102,6 @@ def rotation_between(a: Tensor, b: Tensor) -> Tensor:
     perpendicular = torch.linalg.cross(a, helper.expand_as(a), dim=-1)
     axis = torch.where(sin > 1e-9, cross, perpendicular)
     return axis / axis.norm(dim=-1, keepdim=True).clamp(min=1e-12) * angle
-
-
-def similarity_align(source: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Least-squares similarity ``target ~ s R source + t`` (Umeyama), batched.
-
-    source, target  # [N, K, D] corresponding points (K >= D)
-    returns         # R [N, D, D] (a rotation, det +1), s [N], t [N, D]
-    """
-    if source.shape != target.shape or source.dim() != 3:
-        raise ValueError(f"source {list(source.shape)} and target {list(target.shape)} must both be [N, K, D]")
-    mu_s, mu_t = source.mean(1, keepdim=True), target.mean(1, keepdim=True)
-    xs, xt = source - mu_s, target - mu_t
-    cov = xt.transpose(1, 2) @ xs  # [N, D, D]
-    u, sigma, vh = torch.linalg.svd(cov)
-    sign = torch.sign(torch.linalg.det(u @ vh))
-    fix = torch.ones_like(sigma)
-    fix[:, -1] = sign
-    rot = u @ torch.diag_embed(fix) @ vh
-    scale = (sigma * fix).sum(-1) / (xs * xs).sum((1, 2)).clamp(min=1e-20)
-    shift = mu_t[:, 0] - scale[:, None] * (rot @ mu_s[:, 0, :, None])[..., 0]
-    return rot, scale, shift
-
-
-def least_squares(
-    residual_fn: Callable[[Tensor], Tensor],
-    x0: Tensor,
-    *,
-    iterations: int,
-    damping: float = 1e-3,
-    chunk: int = 4096,
-    known_jacobian: Callable[[Tensor], Tensor] | None = None,
-    known_columns: int = 0,
-) -> tuple[Tensor, SolverResult]:
-    """Minimise every sample's ``sum residual_fn(x)[b]^2`` from ``x0  # [B, P]`` with
-    :func:`fitting.solvers.minimize_levenberg_marquardt` (additive steps).
-
-    The Jacobian ``[B, R, P]`` is built in one vectorised forward-mode pass (``torch.func.vmap`` over the
-    tangents, at most ``chunk`` sample-tangent pairs at a time) instead of ``P`` sequential ones; its last
-    ``known_columns`` columns come from ``known_jacobian(x)  # [B, R, known_columns]`` instead, for
-    parameters whose derivative is cheap in closed form.
-
-    residual_fn  # [B, P] -> [B, R]; must treat samples independently (no mixing across the batch)
-    returns      # the solution [B, P] and the solver's report
-    """
-    batch, n = x0.shape
-    automatic = n - known_columns
-    if known_columns and known_jacobian is None or not 0 <= known_columns <= n:
-        raise ValueError(f"known_columns={known_columns} needs a known_jacobian and at most {n} columns")
-    eye = torch.eye(automatic, dtype=x0.dtype, device=x0.device)
-    per_call = max(1, chunk // max(batch, 1))
-
-    def linearize(state: dict[str, Tensor], with_jacobian: bool) -> tuple[Tensor, Tensor | None]:
-        x = state["x"]
-        known = x[:, automatic:]  # constant in the pass: no tangent flows through the known columns
-
-        def column(tangent: Tensor) -> Tensor:  # [P - known] -> J @ tangent for every sample, [B, R]
-            def partial(head: Tensor) -> Tensor:
-                return residual_fn(torch.cat([head, known], dim=1))
-
-            return torch.func.jvp(partial, (x[:, :automatic],), (tangent.expand(batch, automatic),))[1]
-
-        if not with_jacobian:
-            return residual_fn(x), None
-        blocks = [torch.func.vmap(column, out_dims=2)(eye[k:k + per_call]) for k in range(0, automatic, per_call)]
-        if known_columns:
-            blocks.append(known_jacobian(x))
-        return residual_fn(x), torch.cat(blocks, 2)
-
-    state, result = minimize_levenberg_marquardt({"x": x0}, linearize, lambda s, step: {"x": s["x"] + step},
-                                                 iterations=iterations, damping=damping)
-    return state["x"], result
 
 
 def rotation_angle(a: Tensor, b: Tensor) -> Tensor:

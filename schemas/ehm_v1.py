@@ -192,9 +192,11 @@ FIELDS: tuple[Field, ...] = (
     _bool("has_hands", (2,), _K, "Hands found ([0] left, [1] right): the MANO fields are real (has_hand_landmarks "
           "says whether from the hand's own landmarks or from the body pose alone)."),
     _bool("has_hand_landmarks", (2,), _K,
-          "The hand landmark model found the hand ([0] left, [1] right): mp_hand_landmarks_3d and its 21 "
-          "keypoints are real. A hand with has_hands but not this was placed from the body pose's wrist, "
-          "index and pinky points: MANO wrist orientation only, fingers at the mean pose."),
+          "MediaPipe's hand landmark model found the hand ([0] left, [1] right): mp_hand_landmarks_3d is "
+          "real. A hand with has_hands but not this came from another keypoints backend (whole-body ONNX: "
+          "21 keypoints, no 3D landmarks) or, with keypoints/mediapipe, was placed from the body pose's "
+          "wrist, index and pinky points alone (no hand keypoints; MANO wrist orientation only, fingers at "
+          "the mean pose)."),
     _f32("conf_body", (), "1", "none", _K, "Mean confidence of the body keypoints in [0, 1].", **_UNIT),
     _f32("conf_face", (), "1", "none", _K, "Face detection confidence in [0, 1].", **_UNIT),
     _f32("conf_hands", (2,), "1", "none", _K, "Hand detection confidences in [0, 1] ([0] left, [1] right).",

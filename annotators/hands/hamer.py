@@ -265,8 +265,9 @@ class _HamerStageBase(CropStage):
             found.append((side, crop, conf))
         return found
 
-    def _pose_box(self, pose: np.ndarray, side: int) -> np.ndarray | None:
-        """Box ``[4]`` whose HaMeR crop is the keypoints stage's hand region of ``pose  # [33, 4]``."""
+    def _pose_box(self, pose: np.ndarray, side: int) -> np.ndarray:
+        """Box ``[4]`` whose HaMeR crop is the hand region of ``pose  # [33, 4]`` that the keypoints stage
+        places at its default region scales."""
         if pose.shape != (33, 4) or not np.isfinite(pose).all():
             raise ValueError(f"column 'mp_pose_landmarks' must hold finite [33, 4] arrays, got {pose.shape}")
         roi = hand_roi_from_pose(pose[:, :2], side, KeypointsConfig.hand_roi_scale, KeypointsConfig.hand_roi_forearm_scale)

@@ -17,7 +17,8 @@ from fitting.face_fit import (
     pupil_vertices,
     solve_face_fit,
 )
-from fitting.hand_ik import rotation_angle, similarity_align
+from fitting.hand_ik import rotation_angle
+from fitting.solvers import similarity_align
 from model.assets.catalog import asset_file
 from model.assets.loaders import (
     load_body_model,

@@ -10,13 +10,11 @@ from fitting.hand_ik import (
     MANO_TO_MEDIAPIPE,
     HandIkOptions,
     HandKeypoints,
-    least_squares,
     mirror_points,
     mirror_rotvec,
     orient_hand_from_palm,
     rotation_angle,
     rotation_between,
-    similarity_align,
     solve_hand_ik,
     solve_right_hand_ik,
 )
@@ -71,24 +69,6 @@ def test_rotation_between_turns_a_onto_b():
     # the smallest rotation: its axis is perpendicular to both directions
     r = rotation_between(a[2:], b[2:])
     assert (r * a[2:]).sum(-1).abs().max() < 1e-9 and (r * b[2:]).sum(-1).abs().max() < 1e-9
-
-
-def test_similarity_align_recovers_a_known_similarity():
-    g = torch.Generator().manual_seed(1)
-    src = torch.randn(4, 6, 3, generator=g, dtype=F64)
-    rot = rotvec_to_rotmat(torch.randn(4, 3, generator=g, dtype=F64))
-    scale = torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=F64)
-    shift = torch.randn(4, 3, generator=g, dtype=F64)
-    dst = scale[:, None, None] * src @ rot.transpose(1, 2) + shift[:, None]
-    r, s, t = similarity_align(src, dst)
-    torch.testing.assert_close(r, rot)
-    torch.testing.assert_close(s, scale)
-    torch.testing.assert_close(t, shift)
-    # a mirror image is not a rotation: the fit stays a proper rotation
-    r, _, _ = similarity_align(src, mirror_points(src))
-    assert torch.allclose(torch.linalg.det(r), torch.ones(4, dtype=F64))
-    with pytest.raises(ValueError, match="source"):
-        similarity_align(src, dst[:, :5])
 
 
 def test_mirror_rotvec_is_the_rotation_seen_in_the_mirror():
@@ -177,20 +157,6 @@ def test_ik_fits_shape_and_scale(manos, layer):
     assert fitted.rmse.max() < 1.5e-3 and (fitted.rmse < rigid.rmse).all()
     assert (rigid.betas == 0).all() and fitted.betas.abs().sum() > 0
     assert rotation_angle(fitted.hand_pose, pose).rad2deg().mean() < 3.0
-
-
-def test_least_squares_solves_independent_samples_with_a_vectorised_jacobian():
-    target = torch.randn(3, 5, generator=torch.Generator().manual_seed(14), dtype=F64)
-
-    def residuals_to(goal):  # [B, 6]: x[:, :5] * x[:, 5] should equal the goal, x[:, 5] near 2
-        return lambda x: torch.cat([x[:, :5] * x[:, 5:] - goal, 10.0 * (x[:, 5:] - 2.0)], dim=1)
-
-    start = torch.ones(3, 6, dtype=F64)
-    x, report = least_squares(residuals_to(target), start, iterations=8, chunk=4)  # chunks smaller than the batch
-    torch.testing.assert_close(x[:, :5] * x[:, 5:], target, atol=1e-6, rtol=0)
-    assert (report.loss < 1e-8).all() and (report.first_loss > 1.0).all()
-    alone, _ = least_squares(residuals_to(target[1:2]), start[1:2], iterations=8)  # samples do not interact
-    torch.testing.assert_close(alone, x[1:2])
 
 
 def test_bad_landmarks_are_refused(layer):

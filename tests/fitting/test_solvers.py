@@ -6,12 +6,17 @@ import pytest
 import torch
 
 from fitting.solvers import (
+    least_squares,
     minimize_adam,
     minimize_gauss_newton,
     minimize_lbfgs,
     minimize_levenberg_marquardt,
     seed_everything,
+    similarity_align,
 )
+from model.rotations import rotvec_to_rotmat
+
+F64 = torch.float64
 
 
 def _quadratic(target: torch.Tensor):
@@ -95,3 +100,35 @@ def test_seed_everything_repeats_draws() -> None:
     a = torch.rand(3, generator=seed_everything(7))
     b = torch.rand(3, generator=seed_everything(7))
     torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_similarity_align_recovers_a_known_similarity():
+    g = torch.Generator().manual_seed(1)
+    src = torch.randn(4, 6, 3, generator=g, dtype=F64)
+    rot = rotvec_to_rotmat(torch.randn(4, 3, generator=g, dtype=F64))
+    scale = torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=F64)
+    shift = torch.randn(4, 3, generator=g, dtype=F64)
+    dst = scale[:, None, None] * src @ rot.transpose(1, 2) + shift[:, None]
+    r, s, t = similarity_align(src, dst)
+    torch.testing.assert_close(r, rot)
+    torch.testing.assert_close(s, scale)
+    torch.testing.assert_close(t, shift)
+    # a mirror image is not a rotation: the fit stays a proper rotation
+    r, _, _ = similarity_align(src, src * torch.tensor([-1.0, 1.0, 1.0], dtype=F64))
+    assert torch.allclose(torch.linalg.det(r), torch.ones(4, dtype=F64))
+    with pytest.raises(ValueError, match="source"):
+        similarity_align(src, dst[:, :5])
+
+
+def test_least_squares_solves_independent_samples_with_a_vectorised_jacobian():
+    target = torch.randn(3, 5, generator=torch.Generator().manual_seed(14), dtype=F64)
+
+    def residuals_to(goal):  # [B, 6]: x[:, :5] * x[:, 5] should equal the goal, x[:, 5] near 2
+        return lambda x: torch.cat([x[:, :5] * x[:, 5:] - goal, 10.0 * (x[:, 5:] - 2.0)], dim=1)
+
+    start = torch.ones(3, 6, dtype=F64)
+    x, report = least_squares(residuals_to(target), start, iterations=8, chunk=4)  # chunks smaller than the batch
+    torch.testing.assert_close(x[:, :5] * x[:, 5:], target, atol=1e-6, rtol=0)
+    assert (report.loss < 1e-8).all() and (report.first_loss > 1.0).all()
+    alone, _ = least_squares(residuals_to(target[1:2]), start[1:2], iterations=8)  # samples do not interact
+    torch.testing.assert_close(alone, x[1:2])
