@@ -34,21 +34,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from annotators.base import (
-    STAGES,
-    Batch,
-    StageResources,
-    batch_len,
-    ensure_error_columns,
-    error_digest,
-    good_rows,
-    mark_failed,
-)
+from annotators.base import STAGES, Stage, StageResources, good_rows, resource
+from annotators.batches import Batch, batch_len
 from fitting.camera import default_intrinsics, project, solve_translation, translation_from_box
 from fitting.smplify import KeypointFitter, SmplifyConfig, keypoint_layout, reprojection_px
 from fitting.transfer import SmplToSmplx, TransferConfig
 from model.checkpoints import torch_device
-from schemas.ehm_v1 import QualityFlag, fill_values
+from schemas.ehm_v1 import QualityFlag
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +64,6 @@ SMPLX_PARAM_COLUMNS = {"global_orient": "smplx_global_orient", "body_pose": "smp
 class BodyConfig:
     """Settings of the ``body/auto`` stage."""
 
-    body_models: str = ""
-    """Body-model folder (the job fills it in from ``--body-models``)."""
-    seed: int = 0
-    """Seed (the job fills it in); the fits draw no random numbers, it is kept for the record."""
     device: str = "auto"
     """Torch device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``."""
     gender: str = "neutral"
@@ -113,11 +101,6 @@ class BodyConfig:
     def smplify_config(self) -> SmplifyConfig:
         return SmplifyConfig(iterations=self.fit_iterations, orient_iterations=self.orient_iterations,
                              min_confidence=self.min_confidence)
-
-
-def body_placeholders() -> dict[str, Any]:
-    """Values of :data:`OUTPUT_FIELDS` for rows without a body (the schema's fills)."""
-    return fill_values(list(OUTPUT_FIELDS))
 
 
 @dataclass
@@ -159,7 +142,7 @@ def parse_entry(entry: dict[str, Any]) -> tuple[_Label | None, np.ndarray | None
 
 
 def label_entry(labels: str, box: np.ndarray) -> dict[str, Any] | None:
-    """The entry of ``labels`` (a sample's label JSON, see :mod:`pipelines.smpl_sources`) whose box equals
+    """The entry of ``labels`` (a sample's label JSON, see :mod:`pipelines.io.smpl_sources`) whose box equals
     ``box  # [4]`` within :data:`BOX_ATOL_PX` (robust to reordering and to float32 boxes); None when the
     labels are plain boxes, empty, or none matches."""
     if not labels:
@@ -172,8 +155,9 @@ def label_entry(labels: str, box: np.ndarray) -> dict[str, Any] | None:
 
 
 @STAGES.register("body/auto")
-class BodyStage:
-    """SMPL-X bodies per person row: transfer from SMPL labels, keypoint fit otherwise (module docstring)."""
+class BodyStage(Stage):
+    """SMPL-X bodies per person row: transfer from SMPL labels, keypoint fit otherwise (module docstring).
+    The fits draw no random numbers (the job's seed does not change them)."""
 
     name = STAGE
     config_class = BodyConfig
@@ -182,56 +166,41 @@ class BodyStage:
     default_backend = True
     version = "1"
     """Bump when the stage's output changes for the same input."""
+    required = ("bbox_xyxy", "image_width", "image_height")
+    requirement_hint = "run the persons stage first"
+    outputs = OUTPUT_FIELDS
 
-    def __init__(self, config: BodyConfig | None = None) -> None:
-        self.config = config or BodyConfig()
-        self.device = torch_device(self.config.device)
-        self._transfer: SmplToSmplx | None = None
-        self._fitter: KeypointFitter | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_transfer"] = state["_fitter"] = None  # rebuilt on first use
-        return state
+    @property
+    def device(self) -> torch.device:
+        return torch_device(self.config.device)
 
     def _folder(self) -> Path:
-        folder = Path(self.config.body_models)
-        if not self.config.body_models or not folder.is_dir():
-            raise ValueError(f"BodyConfig.body_models={self.config.body_models!r} is not a folder; give the body-model "
+        folder = Path(self.context.body_model_folder(self.name))
+        if not folder.is_dir():
+            raise ValueError(f"body stage: body-model folder {str(folder)!r} is not a folder; give the body-model "
                              "folder (the job fills it in from --body-models)")
         return folder
 
-    @property
+    @resource
     def transfer(self) -> SmplToSmplx:
         """The SMPL -> SMPL-X conversion (calibrated or loaded from the cache on first use)."""
-        if self._transfer is None:
-            self._transfer = SmplToSmplx.from_dir(self._folder(), self.config.transfer_config()).to(self.device)
-        return self._transfer
+        return SmplToSmplx.from_dir(self._folder(), self.config.transfer_config()).to(self.device)
 
-    @property
+    @resource
     def fitter(self) -> KeypointFitter:
         """The keypoint fit (shares the SMPL-X model of :attr:`transfer` when that is loaded)."""
-        if self._fitter is None:
-            if self._transfer is not None:
-                smplx = self._transfer.smplx
-            else:
-                from model.body_models import SMPLX
+        if "transfer" in self.__dict__:
+            smplx = self.transfer.smplx
+        else:
+            from model.body_models import SMPLX
 
-                smplx = SMPLX.from_dir(self._folder(), self.config.gender).to(self.device)
-            self._fitter = KeypointFitter(smplx, self.config.smplify_config())
-        return self._fitter
+            smplx = SMPLX.from_dir(self._folder(), self.config.gender).to(self.device)
+        return KeypointFitter(smplx, self.config.smplify_config())
 
     # -- the batch ---------------------------------------------------------------------------------
 
     def __call__(self, batch: Batch) -> Batch:
-        n = batch_len(batch)
-        ensure_error_columns(batch)
-        for col in ("bbox_xyxy", "image_width", "image_height"):
-            if col not in batch:
-                raise KeyError(f"body stage needs a {col!r} column (run the persons stage first); got {sorted(batch)}")
-        fills = body_placeholders()
-        out = {k: np.stack([np.asarray(v)] * n) if n else np.zeros((0, *np.shape(v)), np.asarray(v).dtype)
-               for k, v in fills.items()}
+        n, out = self.start(batch)
         if "quality_flags" in batch:
             out["quality_flags"] = np.asarray(batch["quality_flags"], np.int32).copy()
         ok = good_rows(batch)
@@ -246,7 +215,7 @@ class BodyStage:
                 if label is not None:
                     labels[int(i)] = label
             except (ValueError, KeyError, TypeError) as exc:
-                mark_failed(batch, int(i), STAGE, error_digest(exc))
+                self.fail(batch, int(i), exc)
         ok = good_rows(batch)
         transfer_rows = [i for i in sorted(labels) if ok[i]]
         fit_rows = [i for i in np.nonzero(ok)[0].tolist() if i not in labels and self._fittable(batch, i)]

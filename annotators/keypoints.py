@@ -31,17 +31,30 @@ from __future__ import annotations
 import importlib.metadata
 import itertools
 import logging
-import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
-from annotators import wholebody as wb
-from annotators.base import Batch, ErrorPolicy, StageResources, STAGES, apply_per_row
-from annotators.images import crop_person
+import schemas
+from schemas import keypoints as wb
+from annotators.base import STAGES, Stage, StageResources, resource
+from annotators.batches import Batch
+from annotators.images import (
+    HAND_ROI_FOREARM_SCALE,
+    HAND_ROI_SCALE,
+    Roi,
+    affine_points,
+    angle_up_along,
+    angle_x_along,
+    check_person_box,
+    check_rgb_image,
+    crop_person,
+    face_roi_from_pose,
+    hand_roi_from_pose,
+    roi_around,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,96 +71,14 @@ use the same convention (0 and 1 are the image edges)."""
 
 
 # --------------------------------------------------------------------------------------------------
-# Regions of interest: rotated squares in image px
+# MediaPipe's coordinates
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Roi:
-    """A rotated square region of an image.
-
-    The crop's x axis points along ``(cos angle, sin angle)`` in the image (px, y down) and its y axis
-    along ``(-sin angle, cos angle)``; ``angle = 0`` is an axis-aligned square.
-    """
-
-    cx: float
-    """Centre x in image px."""
-    cy: float
-    """Centre y in image px."""
-    size: float
-    """Side length in image px."""
-    angle: float = 0.0
-    """Rotation in radians (clockwise on screen, since image y points down)."""
-
-    @classmethod
-    def from_box(cls, box_xyxy: np.ndarray, scale: float = 1.0) -> Roi:
-        """Axis-aligned square around a box (``box_xyxy  # [4]``), side ``scale * max(w, h)``."""
-        x0, y0, x1, y1 = (float(v) for v in box_xyxy)
-        return cls((x0 + x1) / 2, (y0 + y1) / 2, scale * max(x1 - x0, y1 - y0), 0.0)
-
-    def rotation(self) -> np.ndarray:
-        """``[2, 2]`` rotation taking crop axes to image axes."""
-        c, s = math.cos(self.angle), math.sin(self.angle)
-        return np.array([[c, -s], [s, c]], dtype=np.float64)
-
-    def crop_to_image(self, out_size: int) -> np.ndarray:
-        """``[2, 3]`` affine taking crop px (of an ``out_size`` crop) to image px (:data:`PIXEL_CONVENTION`)."""
-        lin = self.rotation() * (self.size / out_size)
-        offset = np.array([self.cx, self.cy]) - lin @ np.full(2, out_size / 2)
-        return np.concatenate([lin, offset[:, None]], axis=1)
-
-    def warp(self, image: np.ndarray, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Crop ``image  # [H, W, 3]`` to ``out_size`` px; returns ``(crop, crop_to_image  # [2, 3])``.
-
-        Outside the image is filled by replicating the border (as MediaPipe's own cropping does).
-        """
-        c2i = self.crop_to_image(out_size)
-        # OpenCV samples at pixel centres with integer coordinates: shift half a pixel on both sides.
-        index_map = c2i.copy()
-        index_map[:, 2] += c2i[:, :2] @ np.full(2, 0.5) - 0.5
-        crop = cv2.warpAffine(
-            image,
-            index_map,
-            (out_size, out_size),
-            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
-        return crop, c2i.astype(np.float32)
 
 
 def normalized_to_px(points: np.ndarray, width: float, height: float) -> np.ndarray:
     """MediaPipe's normalised coordinates (``points  # [..., 2]``; 0 and 1 are the image edges) -> px."""
     return points * np.array([width, height], dtype=np.float32)
 
-
-def apply_affine(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Map ``points  # [..., 2]`` through ``affine  # [2, 3]``."""
-    return points @ affine[:, :2].T + affine[:, 2]
-
-
-def roi_around(points: np.ndarray, angle: float, scale: float, shift_y: float = 0.0) -> Roi:
-    """Square around ``points  # [N, 2]`` (image px) in the frame rotated by ``angle``.
-
-    The points' bounding box is taken in the rotated frame, its centre moved by ``shift_y`` times its
-    height along the frame's y axis (negative: towards the frame's top), and its longer side scaled
-    by ``scale`` (MediaPipe's landmarks-to-ROI rule).
-    """
-    rot = Roi(0.0, 0.0, 1.0, angle).rotation()
-    local = points @ rot  # image -> frame: R^T p
-    lo, hi = local.min(axis=0), local.max(axis=0)
-    centre = (lo + hi) / 2 + np.array([0.0, shift_y * (hi[1] - lo[1])])
-    cx, cy = rot @ centre
-    return Roi(float(cx), float(cy), float(scale * max(hi[0] - lo[0], hi[1] - lo[1], 1e-3)), angle)
-
-
-def angle_x_along(v: np.ndarray) -> float:
-    """Roi angle that makes the crop's x axis point along ``v  # [2]`` (e.g. right eye -> left eye)."""
-    return float(math.atan2(v[1], v[0]))
-
-
-def angle_up_along(v: np.ndarray) -> float:
-    """Roi angle that makes the crop's up direction (-y) point along ``v  # [2]`` (e.g. wrist -> fingers)."""
-    return float(math.atan2(v[0], -v[1]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -264,16 +195,6 @@ class HandLandmarkModel:
 # Placing the face and hand regions
 # --------------------------------------------------------------------------------------------------
 
-# BlazePose landmark indices used to place the face and hand regions.
-_POSE_EYES, _POSE_MOUTH = (2, 5), (9, 10)
-_POSE_FACE_POINTS = (0, 2, 5, 9, 10)  # nose, eyes, mouth corners
-_POSE_WRIST, _POSE_ELBOW = (15, 16), (13, 14)  # [0] left, [1] right
-_POSE_KNUCKLES = ((17, 19), (18, 20))  # pinky and index knuckles; [0] left, [1] right
-
-# Face mesh geometry (measured on a frontal face): the mesh's bounding box is 2.35 eye-to-mouth
-# distances tall and its centre lies 0.475 of the way from the eyes to the mouth.
-_FACE_HEIGHT_PER_EYE_MOUTH = 2.35
-_FACE_CENTRE_FROM_EYES = 0.475
 _FACE_ROI_SCALE = 1.5  # MediaPipe's face landmarks-to-ROI enlargement
 _FACE_EYE_CORNERS = (33, 263)  # mesh: right eye outer corner, left eye outer corner
 _HAND_ROI_SCALE, _HAND_ROI_SHIFT = 2.0, -0.1  # MediaPipe's hand landmarks-to-ROI rule
@@ -281,43 +202,10 @@ _HAND_PALM_POINTS = (0, 1, 2, 3, 5, 6, 9, 10, 13, 14, 17, 18)  # wrist, thumb ba
 _HAND_MIDDLE_BASE = 9
 
 
-def face_roi_from_pose(pose_xy: np.ndarray, scale: float) -> Roi:
-    """Face region from BlazePose's eyes and mouth corners (``pose_xy  # [33, 2]`` image px).
-
-    Up is mouth -> eyes (works for profiles too, where the eyes are nearly on top of each other).
-    ``scale`` multiplies the size of the face mesh's expected bounding box.
-    """
-    eyes = pose_xy[list(_POSE_EYES)].mean(axis=0)
-    mouth = pose_xy[list(_POSE_MOUTH)].mean(axis=0)
-    up = eyes - mouth
-    d = float(np.linalg.norm(up))
-    centre = eyes - _FACE_CENTRE_FROM_EYES * up
-    return Roi(float(centre[0]), float(centre[1]), scale * _FACE_HEIGHT_PER_EYE_MOUTH * max(d, 1.0), angle_up_along(up))
-
-
 def face_roi_from_mesh(mesh_xy: np.ndarray) -> Roi:
     """Face region from face mesh landmarks (``mesh_xy  # [>=468, 2]``), as MediaPipe tracks a face."""
     angle = angle_x_along(mesh_xy[_FACE_EYE_CORNERS[1]] - mesh_xy[_FACE_EYE_CORNERS[0]])
     return roi_around(mesh_xy[:468], angle, _FACE_ROI_SCALE)
-
-
-def hand_roi_from_pose(pose_xy: np.ndarray, side: int, scale: float, forearm_scale: float) -> Roi:
-    """Hand region from BlazePose's wrist, hand knuckles and elbow (``pose_xy  # [33, 2]``).
-
-    ``side``: 0 left, 1 right. The hand points up from the wrist through the knuckles; the region's
-    side is ``scale`` wrist-to-knuckle lengths but at least ``forearm_scale`` forearm lengths
-    (BlazePose's hand points collapse on small hands), and its centre lies one wrist-to-knuckle length
-    (at least a quarter of the side) past the wrist.
-    """
-    wrist = pose_xy[_POSE_WRIST[side]]
-    knuckles = pose_xy[list(_POSE_KNUCKLES[side])].mean(axis=0)
-    hand = knuckles - wrist
-    forearm = float(np.linalg.norm(wrist - pose_xy[_POSE_ELBOW[side]]))
-    length = float(np.linalg.norm(hand))
-    direction = hand / length if length > 1e-6 else (wrist - pose_xy[_POSE_ELBOW[side]]) / max(forearm, 1e-6)
-    size = max(scale * length, forearm_scale * forearm, 1.0)
-    centre = wrist + direction * max(length, 0.25 * size)
-    return Roi(float(centre[0]), float(centre[1]), size, angle_up_along(direction))
 
 
 def hand_roi_from_landmarks(hand_xy: np.ndarray) -> Roi:
@@ -369,7 +257,7 @@ def face_landmarks_in(model: FaceLandmarkModel, image: np.ndarray, roi: Roi, pas
         if res is None:
             break
         lm, presence = res
-        mesh = np.concatenate([apply_affine(c2i, lm[:, :2]), lm[:, 2:] * (roi.size / FACE_INPUT_SIZE)], axis=1)
+        mesh = np.concatenate([affine_points(c2i, lm[:, :2]), lm[:, 2:] * (roi.size / FACE_INPUT_SIZE)], axis=1)
         found = FaceLandmarks(mesh.astype(np.float32), presence, roi)
         roi = face_roi_from_mesh(mesh[:, :2])
     return found
@@ -383,7 +271,7 @@ def hand_landmarks_in(model: HandLandmarkModel, image: np.ndarray, roi: Roi, pas
     for _ in range(passes):
         crop, c2i = roi.warp(image, HAND_INPUT_SIZE)
         lm, world, presence, right = model(crop)
-        points = np.concatenate([apply_affine(c2i, lm[:, :2]), lm[:, 2:] * (roi.size / HAND_INPUT_SIZE)], axis=1)
+        points = np.concatenate([affine_points(c2i, lm[:, :2]), lm[:, 2:] * (roi.size / HAND_INPUT_SIZE)], axis=1)
         world[:, :2] = world[:, :2] @ roi.rotation().T.astype(np.float32)
         hand = HandLandmarks(points.astype(np.float32), world, presence, right, roi)
         if best is None or hand.presence > best.presence:
@@ -478,9 +366,9 @@ class KeypointsConfig:
     """Face presence score needed for ``has_face``."""
     hands: bool = True
     """Run the hand landmark model."""
-    hand_roi_scale: float = 4.0
+    hand_roi_scale: float = HAND_ROI_SCALE
     """First hand region side, in BlazePose wrist-to-knuckle lengths."""
-    hand_roi_forearm_scale: float = 0.8
+    hand_roi_forearm_scale: float = HAND_ROI_FOREARM_SCALE
     """Lower bound of the first hand region side, in forearm (elbow-to-wrist) lengths."""
     hand_passes: int = 2
     """Hand landmark passes; each later pass re-places the region from the previous landmarks."""
@@ -519,21 +407,9 @@ class KeypointsConfig:
                 raise ValueError(f"KeypointsConfig.{name} must be at least 1, got {getattr(self, name)!r}")
 
 
-def keypoint_placeholders() -> dict[str, Any]:
-    """Column values for rows the stage did not annotate (zeros, ``has_*`` False)."""
-    return {
-        "kp2d_wholebody": np.zeros((wb.NUM_KEYPOINTS, 3), np.float32),
-        "mp_pose_landmarks": np.zeros((33, 4), np.float32),
-        "mp_face_landmarks": np.zeros((478, 3), np.float32),
-        "mp_hand_landmarks_3d": np.zeros((2, 21, 3), np.float32),
-        "has_kp_body": np.bool_(False),
-        "has_face": np.bool_(False),
-        "has_hands": np.zeros(2, bool),
-        "has_hand_landmarks": np.zeros(2, bool),
-        "conf_body": np.float32(0.0),
-        "conf_face": np.float32(0.0),
-        "conf_hands": np.zeros(2, np.float32),
-    }
+OUTPUT_FIELDS = ("kp2d_wholebody", "mp_pose_landmarks", "mp_face_landmarks", "mp_hand_landmarks_3d", "has_kp_body",
+                 "has_face", "has_hands", "has_hand_landmarks", "conf_body", "conf_face", "conf_hands")
+"""Record fields the stage writes (rows it did not annotate keep the schema's fill values)."""
 
 
 @dataclass
@@ -544,49 +420,44 @@ class _Models:
 
 
 @STAGES.register("keypoints/mediapipe")
-class KeypointsStage:
+class KeypointsStage(Stage):
     """Whole-body keypoints per person row with MediaPipe (see the module docstring).
 
     Reads ``image`` (object column of RGB uint8 ``[H, W, 3]``) and ``bbox_xyxy`` (float ``[4]``, image px);
-    adds the columns of :func:`keypoint_placeholders`. The MediaPipe graphs are built on first use, so
-    the stage pickles (for Ray) before it has run; the instance is not thread-safe.
+    adds :data:`OUTPUT_FIELDS`. The MediaPipe graphs are built on first use, so the stage pickles (for Ray)
+    before it has run; the instance is not thread-safe.
     """
 
     name = "keypoints"
-    backend = f"mediapipe@{MEDIAPIPE_VERSION}"
+    version = f"mediapipe@{MEDIAPIPE_VERSION}"
+    config_class = KeypointsConfig
     default_backend = True
     """``--stages keypoints`` means this backend (the embedded one)."""
     resources = StageResources()
     """Default actor resources. The MediaPipe graphs keep about one core busy while they run; the CPU share
     stays fractional so that Ray Data's read tasks are not starved on small machines."""
+    required = ("image", "bbox_xyxy")
+    outputs = OUTPUT_FIELDS
 
-    def __init__(self, config: KeypointsConfig | None = None, policy: ErrorPolicy = ErrorPolicy.QUARANTINE):
-        self.config = config or KeypointsConfig()
-        self.policy = policy
-        self._models: _Models | None = None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._time_ms: dict[str, float] = {"pose": 0.0, "face": 0.0, "hands": 0.0}
         self._rows = 0
         self.last_latency_ms: dict[str, float] = {}
         """Milliseconds per part (``pose``, ``face``, ``hands``) of the last annotated person."""
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_models"] = None  # MediaPipe graphs do not pickle; rebuilt on first use
-        return state
-
+    @resource
     def models(self) -> _Models:
         """The MediaPipe graphs, built once."""
-        if self._models is None:
-            import mediapipe as mp
+        import mediapipe as mp
 
-            pose = mp.solutions.pose.Pose(
-                static_image_mode=True,
-                model_complexity=1,  # the only pose model inside the wheel; 0 and 2 download at run time
-                enable_segmentation=False,
-                min_detection_confidence=self.config.min_pose_detection_confidence,
-            )
-            self._models = _Models(pose=pose, face=FaceLandmarkModel(), hand=HandLandmarkModel())
-        return self._models
+        pose = mp.solutions.pose.Pose(
+            static_image_mode=True,
+            model_complexity=1,  # the only pose model inside the wheel; 0 and 2 download at run time
+            enable_segmentation=False,
+            min_detection_confidence=self.config.min_pose_detection_confidence,
+        )
+        return _Models(pose=pose, face=FaceLandmarkModel(), hand=HandLandmarkModel())
 
     def latency_ms(self) -> dict[str, float]:
         """Mean milliseconds per annotated row, per part (``pose``, ``face``, ``hands``) and ``total``."""
@@ -596,12 +467,7 @@ class KeypointsStage:
         return out
 
     def __call__(self, batch: Batch) -> Batch:
-        for col in ("image", "bbox_xyxy"):
-            if col not in batch:
-                raise KeyError(f"keypoints stage needs a {col!r} column; got {sorted(batch)}")
-        return apply_per_row(
-            batch, self._row, stage=self.name, placeholders=keypoint_placeholders(), policy=self.policy
-        )
+        return self.map_rows(batch, self._row, schemas.fill_values(self.outputs))
 
     def _row(self, row: dict[str, Any]) -> dict[str, Any]:
         out = self.annotate(row["image"], row["bbox_xyxy"])
@@ -615,10 +481,10 @@ class KeypointsStage:
         Raises ``ValueError`` naming the column (``image`` / ``bbox_xyxy``) for unusable input.
         """
         cfg = self.config
-        image = _check_image(image)
-        box_xyxy = _check_box(box_xyxy, image.shape)
-        self.models()  # built outside the timed part
-        out = keypoint_placeholders()
+        image = check_rgb_image(image, min_side=2)
+        box_xyxy = check_person_box(box_xyxy, image_shape=image.shape)
+        self.models  # built outside the timed part  # noqa: B018
+        out = {k: np.array(v) for k, v in schemas.fill_values(self.outputs).items()}
         t0 = time.perf_counter()
         pose = self.pose(image, box_xyxy)
         t1 = time.perf_counter()
@@ -638,7 +504,7 @@ class KeypointsStage:
         if face is not None:
             # The face model's presence score saturates near 1 on anything face-like; the pose's
             # visibility of the face points says how much of the face is actually seen.
-            conf = face.presence * float(pose.visibility[list(_POSE_FACE_POINTS)].mean())
+            conf = face.presence * float(pose.visibility[list(wb.POSE_FACE_POINTS)].mean())
             kp[wb.FACE] = np.concatenate(
                 [face.mesh[list(wb.FACE_MESH_TO_IBUG68), :2], np.full((68, 1), conf, np.float32)], axis=1
             )
@@ -673,13 +539,13 @@ class KeypointsStage:
         found: list[PoseLandmarks] = []
         for scale, isolate in itertools.product(cfg.crop_scales, ISOLATE_MODES[cfg.isolate]):
             crop, c2i = crop_person(image, box_xyxy, scale=scale, out_size=cfg.pose_crop_size, isolate=isolate)
-            res = self.models().pose.process(np.ascontiguousarray(crop))
+            res = self.models.pose.process(np.ascontiguousarray(crop))
             if res.pose_landmarks is None:
                 continue
             lm = landmarks_array(res.pose_landmarks, ("x", "y", "z", "visibility"))
             h, w = crop.shape[:2]
             c2i = np.asarray(c2i, np.float64)
-            xy = apply_affine(c2i, normalized_to_px(lm[:, :2], w, h))
+            xy = affine_points(c2i, normalized_to_px(lm[:, :2], w, h))
             z = lm[:, 2] * w * float(np.linalg.norm(c2i[:, 0]))
             vis = np.clip(lm[:, 3], 0.0, 1.0)
             points = np.concatenate([xy, z[:, None]], axis=1).astype(np.float32)
@@ -689,10 +555,10 @@ class KeypointsStage:
     def face(self, image: np.ndarray, pose: PoseLandmarks) -> FaceLandmarks | None:
         """Face mesh placed from the pose's face points, or ``None`` (face not visible / not found)."""
         cfg = self.config
-        if pose.visibility[list(_POSE_FACE_POINTS)].mean() < cfg.min_face_visibility:
+        if pose.visibility[list(wb.POSE_FACE_POINTS)].mean() < cfg.min_face_visibility:
             return None
         roi = face_roi_from_pose(pose.points[:, :2], cfg.face_roi_scale)
-        face = face_landmarks_in(self.models().face, image, roi, cfg.face_passes)
+        face = face_landmarks_in(self.models.face, image, roi, cfg.face_passes)
         if face is None or face.presence < cfg.min_face_presence:
             return None
         return face
@@ -715,9 +581,9 @@ class KeypointsStage:
         found: list[HandLandmarks | None] = []
         for side in (0, 1):
             hand = None
-            if pose.visibility[_POSE_WRIST[side]] >= cfg.min_hand_visibility:
+            if pose.visibility[wb.POSE_WRISTS[side]] >= cfg.min_hand_visibility:
                 roi = hand_roi_from_pose(pose.points[:, :2], side, cfg.hand_roi_scale, cfg.hand_roi_forearm_scale)
-                hand = hand_landmarks_in(self.models().hand, image, roi, cfg.hand_passes)
+                hand = hand_landmarks_in(self.models.hand, image, roi, cfg.hand_passes)
                 if hand.presence < cfg.min_hand_presence:
                     hand = None
             found.append(hand)
@@ -726,27 +592,6 @@ class KeypointsStage:
             gap = float(np.linalg.norm(left.points[0, :2] - right.points[0, :2]))
             if gap < cfg.min_hand_separation * min(left.roi.size, right.roi.size):
                 # One hand found from both wrists: keep it on the side whose pose wrist is nearer.
-                d = [float(np.linalg.norm(h.points[0, :2] - pose.points[_POSE_WRIST[s], :2])) for s, h in enumerate(found)]
+                d = [float(np.linalg.norm(h.points[0, :2] - pose.points[wb.POSE_WRISTS[s], :2])) for s, h in enumerate(found)]
                 return (left, None) if d[0] <= d[1] else (None, right)
         return left, right
-
-
-def _check_image(image: Any) -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        desc = f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}".strip()
-        raise ValueError(f"column 'image' must hold RGB uint8 arrays [H, W, 3], got {desc}; decode images first")
-    if image.shape[0] < 2 or image.shape[1] < 2:
-        raise ValueError(f"column 'image' holds a {image.shape[1]}x{image.shape[0]} image; it is too small")
-    return image
-
-
-def _check_box(box: Any, shape: tuple[int, ...]) -> np.ndarray:
-    box = np.asarray(box, dtype=np.float64)
-    if box.shape != (4,) or not np.all(np.isfinite(box)):
-        raise ValueError(f"column 'bbox_xyxy' must hold 4 finite numbers (x0, y0, x1, y1), got {box!r}")
-    if not (box[2] > box[0] and box[3] > box[1]):
-        raise ValueError(f"column 'bbox_xyxy' box {box.tolist()} is empty (need x1 > x0 and y1 > y0)")
-    h, w = shape[:2]
-    if box[2] <= 0 or box[3] <= 0 or box[0] >= w or box[1] >= h:
-        raise ValueError(f"column 'bbox_xyxy' box {box.tolist()} lies outside the {w}x{h} image")
-    return box

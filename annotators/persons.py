@@ -29,19 +29,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from annotators.base import (
-    ERROR_REASON,
-    ERROR_STAGE,
-    Batch,
-    ErrorPolicy,
-    Registry,
-    STAGES,
-    StageResources,
-    batch_len,
-    ensure_error_columns,
-    error_digest,
-)
-from annotators.images import crop_person
+from annotators.base import ERROR_REASON, ERROR_STAGE, STAGES, ErrorPolicy, Registry, Stage, StageResources, error_digest, resource
+from annotators.batches import Batch
+from annotators.images import box_iou, crop_person, nms
 from schemas import person_key
 
 log = logging.getLogger(__name__)
@@ -118,13 +108,10 @@ class PersonsConfig:
     min_box_size: float = 16.0
     """Persons whose box's longer side is shorter than this (px) are dropped; applies to detections and
     labels."""
-    error_policy: ErrorPolicy = ErrorPolicy.QUARANTINE
-    """``quarantine``: a row that raises becomes an error row; ``raise``: the exception propagates."""
 
     def __post_init__(self) -> None:
         self.tile_fractions = tuple(float(f) for f in self.tile_fractions)
         self.verify_scales = tuple(float(s) for s in self.verify_scales)
-        self.error_policy = ErrorPolicy(self.error_policy)
         checks = {
             "tile_fractions": all(0 < f <= 1 for f in self.tile_fractions),
             "tile_overlap": 0 <= self.tile_overlap < 1,
@@ -149,33 +136,6 @@ class PersonsConfig:
 # --------------------------------------------------------------------------------------------------
 # Box geometry (pure functions)
 # --------------------------------------------------------------------------------------------------
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix ``[N, M]`` of boxes ``a [N, 4]`` and ``b [M, 4]`` (xyxy)."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Indices of the boxes ``[N, 4]`` kept by greedy non-maximum suppression, best score first
-    (ties: lower index first)."""
-    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
-    iou = box_iou(boxes, boxes)
-    keep: list[int] = []
-    for i in order:
-        if all(iou[i, j] <= iou_threshold for j in keep):
-            keep.append(i)
-    return np.array(keep, dtype=np.int64)
 
 
 def person_order(boxes: np.ndarray) -> np.ndarray:
@@ -363,29 +323,22 @@ class _NoPerson(Exception):
 
 
 @STAGES.register("persons/mediapipe")
-class PersonsStage:
+class PersonsStage(Stage):
     """Image rows -> person rows (see the module docstring). The detector is built on the first image
     that needs one, so label-only jobs never load it."""
 
-    name = "persons/mediapipe"
+    name = STAGE
     config_class = PersonsConfig
     resources = StageResources(num_cpus=0.25, batch_size=4)
     default_backend = True
     version = f"{metadata.version('mediapipe')}+pose_full.tiles1"
     """MediaPipe's version, the landmark model and this stage's detection algorithm (bump on changes)."""
+    required = ("sample_key",)
 
-    def __init__(self, config: PersonsConfig | None = None) -> None:
-        self.config = config or PersonsConfig()
-        self._detector: PersonDetector | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"config": self.config, "_detector": None}  # MediaPipe graphs do not pickle; rebuilt on use
-
-    @property
+    @resource
     def detector(self) -> PersonDetector:
-        if self._detector is None:
-            self._detector = PERSON_DETECTORS.get(self.config.detector)(self.config)
-        return self._detector
+        """The configured person detector (:data:`PERSON_DETECTORS`), built once."""
+        return PERSON_DETECTORS.get(self.config.detector)(self.config)
 
     def persons(self, image: np.ndarray, label_boxes: np.ndarray | None, has_labels: bool | None) -> dict[str, np.ndarray]:
         """Boxes ``[P, 4]`` float32, scores ``[P]`` float32 and sources ``[P]`` (str) of one image, in person
@@ -420,8 +373,7 @@ class PersonsStage:
                 "bbox_source": np.array([source] * len(order), dtype=object)}
 
     def __call__(self, batch: Batch) -> Batch:
-        n = batch_len(batch)
-        ensure_error_columns(batch)
+        n = self.check_columns(batch)
         has_labels_col = batch.get("has_label_boxes")
         rows: list[int] = []
         fields: list[dict[str, Any]] = []
@@ -435,7 +387,7 @@ class PersonsStage:
                                      batch["label_boxes"][i] if "label_boxes" in batch else None,
                                      None if has_labels_col is None else bool(has_labels_col[i]))
             except Exception as exc:  # noqa: BLE001 - the policy decides
-                if self.config.error_policy is ErrorPolicy.RAISE and not isinstance(exc, _NoPerson):
+                if self.policy is ErrorPolicy.RAISE and not isinstance(exc, _NoPerson):
                     raise
                 reason = str(exc) if isinstance(exc, _NoPerson) else error_digest(exc)
                 rows.append(i)

@@ -31,16 +31,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from collections.abc import Callable
 from typing import Any
 
 import cv2
 import numpy as np
 
-from annotators import wholebody as wb
-from annotators.base import Batch, ErrorPolicy, StageResources, STAGES, batch_len, error_digest, good_rows, mark_failed
-from annotators.persons import box_iou
+from annotators.base import STAGES, Stage, StageResources, resource
+from annotators.batches import Batch
+from annotators.images import box_iou, check_person_box, check_rgb_image, nms
 from model.checkpoints import OnnxModel
+from schemas import keypoints as wb
 
 log = logging.getLogger(__name__)
 
@@ -50,63 +50,6 @@ POSE_STD = np.array([58.395, 57.12, 57.375], np.float32)
 """RGB standard deviation of the pose model's input (0-255 units)."""
 YOLOX_STRIDES = (8, 16, 32)
 """Output strides of the YOLOX heads, in the order of its anchors."""
-
-
-def rgb_image(value: Any, column: str = "image") -> np.ndarray:
-    """``value`` as an RGB uint8 image ``[H, W, 3]``, or a ``ValueError`` naming ``column``."""
-    if not isinstance(value, np.ndarray) or value.ndim != 3 or value.shape[2] != 3 or value.dtype != np.uint8:
-        desc = f"{type(value).__name__} {getattr(value, 'shape', '')} {getattr(value, 'dtype', '')}".strip()
-        raise ValueError(f"column {column!r} must hold RGB uint8 arrays [H, W, 3], got {desc}; decode images first")
-    return value
-
-
-def person_box(value: Any) -> np.ndarray:
-    """``bbox_xyxy`` as 4 finite float64 numbers with x1 > x0 and y1 > y0."""
-    box = np.asarray(value, dtype=np.float64)
-    if box.shape != (4,) or not np.all(np.isfinite(box)) or not (box[2] > box[0] and box[3] > box[1]):
-        raise ValueError(f"column 'bbox_xyxy' must hold a non-empty box (x0, y0, x1, y1), got {np.asarray(value)!r}")
-    return box
-
-
-class CropStage:
-    """Plumbing shared by the reference-backend stages: required columns, per-row preparation under the
-    error policy, networks opened on first use (``_model``; dropped when the stage is pickled for Ray).
-
-    Subclasses set ``name``, ``required`` and ``config_class`` and implement ``__call__``.
-    """
-
-    name = ""
-    version = "1"
-    required: tuple[str, ...] = ()
-
-    def __init__(self, config: Any, policy: ErrorPolicy = ErrorPolicy.QUARANTINE):
-        self.config = config
-        self.policy = policy
-        self._model: Any = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_model": None}  # sessions and networks do not pickle
-
-    def check_columns(self, batch: Batch) -> int:
-        """Number of rows; a ``KeyError`` naming the first of ``required`` the batch lacks."""
-        for col in self.required:
-            if col not in batch:
-                raise KeyError(f"{self.name} stage needs a {col!r} column; got {sorted(batch)}")
-        return batch_len(batch)
-
-    def prepare(self, batch: Batch, fn: Callable[[int], Any], rows: np.ndarray | None = None) -> list[tuple[int, Any]]:
-        """``(i, fn(i))`` for each good row ``i`` (of ``rows`` when given); a row whose ``fn`` raises is
-        marked failed by this stage (``ErrorPolicy.QUARANTINE``) or the error propagates (``RAISE``)."""
-        good = good_rows(batch) if rows is None else good_rows(batch) & rows
-        done = []
-        for i in np.flatnonzero(good):
-            try:
-                done.append((int(i), fn(int(i))))
-            except Exception as exc:  # noqa: BLE001 - the policy decides
-                if self.policy is ErrorPolicy.RAISE:
-                    raise
-                mark_failed(batch, i, self.name, error_digest(exc))
-        return done
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,22 +119,6 @@ def yolox_boxes(raw: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.concatenate([centre - half, centre + half], axis=1)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression as YOLOX's demo does it (box sides counted ``+ 1`` px): indices of
-    the kept ``boxes  # [N, 4]``, by decreasing ``scores  # [N]``."""
-    area = (boxes[:, 2] - boxes[:, 0] + 1) * (boxes[:, 3] - boxes[:, 1] + 1)
-    order = np.argsort(scores)[::-1]
-    keep = []
-    while len(order):
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        lo = np.maximum(boxes[i, :2], boxes[rest, :2])
-        hi = np.minimum(boxes[i, 2:], boxes[rest, 2:])
-        inter = np.clip(hi - lo + 1, 0, None).prod(-1)
-        order = rest[inter / (area[i] + area[rest] - inter) <= iou_threshold]
-    return np.array(keep, dtype=np.int64)
-
-
 # --------------------------------------------------------------------------------------------------
 # The two networks
 # --------------------------------------------------------------------------------------------------
@@ -212,7 +139,7 @@ class PersonDetector:
         boxes = yolox_boxes(raw, self.size_hw) / r
         scores = raw[:, 4] * raw[:, 5]  # objectness x P(person)
         cand = np.flatnonzero(scores > self.nms_score_threshold)
-        kept = cand[nms(boxes[cand], scores[cand], self.nms_iou)]
+        kept = cand[nms(boxes[cand], scores[cand], self.nms_iou, plus_one=True)]
         kept = kept[scores[kept] > self.score_threshold]
         return boxes[kept].astype(np.float32), scores[kept].astype(np.float32)
 
@@ -285,26 +212,17 @@ class WholeBodyOnnxConfig:
             raise ValueError(f"WholeBodyOnnxConfig.batch_size must be at least 1, got {self.batch_size}")
 
 
-def wholebody_placeholders(n: int) -> Batch:
-    """Columns of ``n`` rows the stage did not annotate."""
-    return {
-        "kp2d_wholebody": np.zeros((n, wb.NUM_KEYPOINTS, 3), np.float32),
-        "has_kp_body": np.zeros(n, bool),
-        "has_face": np.zeros(n, bool),
-        "has_hands": np.zeros((n, 2), bool),
-        "conf_body": np.zeros(n, np.float32),
-        "conf_face": np.zeros(n, np.float32),
-        "conf_hands": np.zeros((n, 2), np.float32),
-    }
+OUTPUT_FIELDS = ("kp2d_wholebody", "has_kp_body", "has_face", "has_hands", "conf_body", "conf_face", "conf_hands")
+"""Record fields the stage writes (rows it did not annotate keep the schema's fill values)."""
 
 
 @STAGES.register("keypoints/wholebody-onnx")
-class WholeBodyOnnxStage(CropStage):
+class WholeBodyOnnxStage(Stage):
     """Whole-body keypoints per person row from a DWPose/RTMW ONNX model (see the module docstring).
 
     Reads ``image`` (object column of RGB uint8 ``[H, W, 3]``), ``bbox_xyxy`` (``[4]`` px) and, with a
-    detector, ``sample_key`` (rows of one image share one detector run); adds the columns of
-    :func:`wholebody_placeholders`. The sessions open on first use.
+    detector, ``sample_key`` (rows of one image share one detector run); adds :data:`OUTPUT_FIELDS`. The
+    sessions open on first use.
     """
 
     resources = StageResources(num_cpus=1.0, batch_size=16)
@@ -312,27 +230,27 @@ class WholeBodyOnnxStage(CropStage):
 
     name = "keypoints"
     required = ("image", "bbox_xyxy")
+    outputs = OUTPUT_FIELDS
     config_class = WholeBodyOnnxConfig
 
+    @resource
     def models(self) -> tuple[WholeBodyPoseModel, PersonDetector | None]:
         """The pose model and the detector (None without ``detector_model``), opened once."""
-        if self._model is None:
-            c = self.config
-            pose = WholeBodyPoseModel(c.pose_model, c.device, c.simcc_split_ratio, c.bbox_padding)
-            self._model = (pose, PersonDetector(c.detector_model, c.device) if c.detector_model else None)
-        return self._model
+        c = self.config
+        pose = WholeBodyPoseModel(c.pose_model, c.device, c.simcc_split_ratio, c.bbox_padding)
+        return pose, PersonDetector(c.detector_model, c.device) if c.detector_model else None
 
     def __call__(self, batch: Batch) -> Batch:
-        out = wholebody_placeholders(self.check_columns(batch))
+        _, out = self.start(batch)
         detections: dict[Any, np.ndarray] = {}
-        pose = self.models()[0]
+        pose = self.models[0]
 
         def crop(i: int) -> tuple[np.ndarray, np.ndarray]:
-            image = rgb_image(batch["image"][i])
-            box = self._crop_box(image, person_box(batch["bbox_xyxy"][i]), batch, i, detections)
+            image = check_rgb_image(batch["image"][i])
+            box = self._crop_box(image, check_person_box(batch["bbox_xyxy"][i]), batch, i, detections)
             return pose.crop(image, box)
 
-        done = self.prepare(batch, crop)
+        done = self.per_row(batch, crop)
         if done:
             rows = np.array([i for i, _ in done])
             xy, scores = pose(np.stack([x for _, (x, _) in done]), np.stack([w for _, (_, w) in done]),
@@ -345,7 +263,7 @@ class WholeBodyOnnxStage(CropStage):
         self, image: np.ndarray, box: np.ndarray, batch: Batch, i: int, cache: dict[Any, np.ndarray]
     ) -> np.ndarray:
         """The row's box ``[4]``, or the detection that overlaps it most (see the module docstring)."""
-        detector = self.models()[1]
+        detector = self.models[1]
         if detector is None:
             return box
         key = batch["sample_key"][i] if "sample_key" in batch else i

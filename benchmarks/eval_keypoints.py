@@ -56,11 +56,13 @@ import numpy as np
 import torch
 
 from annotators import keypoints as K
-from annotators import wholebody as wb
+from model import metrics
+from schemas import keypoints as wb
 from annotators.face.flame_fit import FlameFitConfig, FlameFitStage
 from annotators.hands.mano_ik import ManoIkConfig, ManoIkStage
-from annotators.images import crop_person, decode_image
-from annotators.persons import PersonsStage, box_iou
+from annotators.base import StageContext
+from annotators.images import box_iou, crop_person, decode_image
+from annotators.persons import PersonsStage
 from fitting.face_fit import FaceFitResult, solve_face_fit
 from fitting.hand_ik import HandIkResult, solve_hand_ik
 from model.body_models import FLAME
@@ -211,7 +213,7 @@ def collect_persons(outputs: list[dict[str, Any]], persons: list[dict[str, Any]]
                 continue
             part = wb.HANDS[side]
             # keypoint metrics count the hand model's hands; pose-only hands (gloves...) have no keypoints
-            hit, gt, norm = bool(out["has_hand_landmarks"][side]), person["kp"][part], wb.box_size(_xyxy(ann[f"{name}_box"]))
+            hit, gt, norm = bool(out["has_hand_landmarks"][side]), person["kp"][part], metrics.box_size(_xyxy(ann[f"{name}_box"]))
             found.hand_rows["coco"].append((_far_unless(hit, kp[part]), gt, norm))
             found.count("hands_coco", hit)
             found.count("hands_coco_with_pose_only", bool(out["has_hands"][side]))
@@ -237,17 +239,17 @@ def collect_crops(evaldata: Path, stage: K.KeypointsStage, found: Found) -> None
     for name, path, box, gt in crops(evaldata, *HAND_SETS):
         hand = K.hand_landmarks_in(models.hand, _image(path), K.Roi.from_box(box, 2.0), cfg.hand_passes)
         hit = hand.presence >= cfg.min_hand_presence
-        found.hand_rows[name].append((_far_unless(hit, hand.points), gt, wb.box_size(box)))
+        found.hand_rows[name].append((_far_unless(hit, hand.points), gt, metrics.box_size(box)))
         found.count(f"hands_{name}", hit)
         if hit:
-            found.hands.append(HandSample(hand.world, hand.points[:, :2], gt, wb.box_size(box), None))
+            found.hands.append(HandSample(hand.world, hand.points[:, :2], gt, metrics.box_size(box), None))
 
 
 def pck_split(rows: dict[str, list[tuple[np.ndarray, np.ndarray, float]]], threshold: float) -> dict[str, float]:
     """PCK per dataset and pooled (``all``), for (prediction, labels, normaliser) rows."""
     def pck(items: list[tuple[np.ndarray, np.ndarray, float]]) -> float:
         pred, gt, norm = (np.array([r[i] for r in items]) for i in range(3))
-        return wb.pck(pred, gt, gt[..., 2] > 0, norm, threshold)
+        return metrics.pck(pred, gt, gt[..., 2] > 0, norm, threshold)
 
     out = {name: pck(items) for name, items in rows.items() if items}
     out["all"] = pck([r for items in rows.values() for r in items])
@@ -258,7 +260,7 @@ def nme_split(rows: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> dict[str,
     """Inter-ocular NME per dataset and pooled (``all``), for (prediction 68, labels 68) rows."""
     def nme(items: list[tuple[np.ndarray, np.ndarray]]) -> float:
         pred, gt = np.array([r[0] for r in items]), np.array([r[1] for r in items])
-        return wb.nme(pred, gt, gt[..., 2] > 0, wb.interocular(gt))
+        return metrics.nme(pred, gt, gt[..., 2] > 0, metrics.interocular(gt))
 
     out = {name: nme(items) for name, items in rows.items() if items}
     out["all"] = nme([r for items in rows.values() for r in items])
@@ -301,7 +303,7 @@ def evaluate_mano_ik(stage: ManoIkStage, hands: list[HandSample]) -> dict[str, A
         rows.append((weak_perspective_xy(fits[best].keypoints[i].numpy(), hand.image_xy), hand.gt, hand.norm))
     pred, gt, norm = (np.array([r[i] for r in rows]) for i in range(3))
     return {"mano_ik_hands": len(hands), "mano_ik_rmse_mm_median": statistics.median(rmse),
-            "mano_ik_hand_pck_0.2": wb.pck(pred, gt, gt[..., 2] > 0, norm, 0.2)}
+            "mano_ik_hand_pck_0.2": metrics.pck(pred, gt, gt[..., 2] > 0, norm, 0.2)}
 
 
 def evaluate_flame_fit(stage: FlameFitStage, flame: FLAME, faces: list[FaceSample]) -> dict[str, Any]:
@@ -312,11 +314,11 @@ def evaluate_flame_fit(stage: FlameFitStage, flame: FLAME, faces: list[FaceSampl
     meshes = torch.as_tensor(np.stack([f.mesh for f in faces]), dtype=torch.float64)
     fit = solve_face_fit(layer, meshes, stage.config)
     gt = np.stack([f.gt for f in faces])
-    interocular = wb.interocular(gt)
+    interocular = metrics.interocular(gt)
     target = meshes[:, layer.landmark_indices, :2].numpy()
     mp_error = np.linalg.norm(fit.landmarks[..., :2].numpy() - target, axis=-1).mean(1) / interocular
     return {"flame_fit_faces": len(faces), "flame_fit_nme_mediapipe": float(mp_error.mean()),
-            "flame_fit_face_nme68": wb.nme(flame68_in_image(flame, fit), gt, gt[..., 2] > 0, interocular)}
+            "flame_fit_face_nme68": metrics.nme(flame68_in_image(flame, fit), gt, gt[..., 2] > 0, interocular)}
 
 
 def median_ms(fn: Callable[[], Any], repeats: int) -> float:
@@ -365,11 +367,11 @@ def evaluate(evaldata: Path, body_models: str, repeats: int) -> dict[str, Any]:
     result.update(persons_recall(images, persons))
 
     outputs, stage = run_keypoints(images, persons)
-    body = [(_far_unless(bool(o["has_kp_body"]), o["kp2d_wholebody"][wb.BODY]), p["kp"][wb.BODY], wb.box_size(p["box"]))
+    body = [(_far_unless(bool(o["has_kp_body"]), o["kp2d_wholebody"][wb.BODY]), p["kp"][wb.BODY], metrics.box_size(p["box"]))
             for o, p in zip(outputs, persons) if p["kp"][wb.BODY, 2].sum() > 0]
     pred, gt, norm = (np.array([r[i] for r in body]) for i in range(3))
     for t in (0.05, 0.1):
-        result[f"body_pck_{t}"] = wb.pck(pred, gt, gt[..., 2] > 0, norm, t)
+        result[f"body_pck_{t}"] = metrics.pck(pred, gt, gt[..., 2] > 0, norm, t)
     result["body_persons"] = len(body)
 
     found = Found()
@@ -381,8 +383,9 @@ def evaluate(evaldata: Path, body_models: str, repeats: int) -> dict[str, Any]:
     result.update({f"hand_pck_0.2_{name}": hands.get(name) for name in found.hand_rows})
     result["found"] = {name: f"{hit}/{total}" for name, (hit, total) in found.counts.items()}
 
-    hand_stage = ManoIkStage(ManoIkConfig(body_models=body_models, device="cpu"))
-    face_stage = FlameFitStage(FlameFitConfig(body_models=body_models, device="cpu"))
+    context = StageContext(body_models=str(body_models))
+    hand_stage = ManoIkStage(ManoIkConfig(device="cpu"), context=context)
+    face_stage = FlameFitStage(FlameFitConfig(device="cpu"), context=context)
     result.update(evaluate_mano_ik(hand_stage, found.hands))
     result.update(evaluate_flame_fit(face_stage, FLAME.from_dir(body_models).to(torch.float64), found.faces))
     first = persons[0]

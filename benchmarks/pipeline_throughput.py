@@ -32,9 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipelines import config as cfg  # noqa: E402
-from pipelines.annotate import run_job  # noqa: E402
-from pipelines.runner import connect_ray  # noqa: E402
+from pipelines.annotation import config as cfg  # noqa: E402
+from pipelines.annotation.job import run_job  # noqa: E402
+from pipelines.annotation.runner import connect_ray  # noqa: E402
 
 
 def copy_images(src: Path, dest: Path, repeat: int) -> int:

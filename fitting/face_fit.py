@@ -42,8 +42,9 @@ from torch import Tensor, nn
 from fitting.solvers import least_squares, similarity_align
 from model.body_models import FLAME, blend_skinning, pose_feature, skinning_transforms
 from model.rotations import rotmat_to_rotvec, rotvec_to_rotmat
+from schemas import keypoints as kpl
 
-NUM_MEDIAPIPE_LANDMARKS = 478
+NUM_MEDIAPIPE_LANDMARKS = kpl.NUM_FACE_LANDMARKS
 IRIS_CENTRES = (473, 468)
 """MediaPipe iris-centre landmarks of the left and right eye (the person's own sides), in
 ``eye_pose`` order (FLAME joints 3 = left eye, 4 = right eye)."""

@@ -34,15 +34,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from fitting.solvers import least_squares, similarity_align
 from model.body_models import MANO, blend_skinning, pose_feature, skinning_transforms
-from model.rotations import rotmat_to_rotvec, rotvec_to_rotmat
+from model.rotations import mirror_rotvec, rotation_between, rotmat_to_rotvec, rotvec_to_rotmat
 
 NUM_HAND_LANDMARKS = 21
 
@@ -63,8 +61,6 @@ _BONE_CHILD: tuple[int, ...] = (2, 3, 17, 5, 6, 18, 8, 9, 20, 11, 12, 19, 14, 15
 its bone points at: the next joint of the finger, or the fingertip after the third joint."""
 _MIRROR = (-1.0, 1.0, 1.0)
 
-ArrayOrTensor = TypeVar("ArrayOrTensor", Tensor, np.ndarray)
-
 
 # --------------------------------------------------------------------------------------------------
 # Small pure functions
@@ -72,43 +68,9 @@ ArrayOrTensor = TypeVar("ArrayOrTensor", Tensor, np.ndarray)
 
 
 def mirror_points(points: Tensor) -> Tensor:
-    """Mirror ``points  # [..., 3]`` through the x = 0 plane (a left hand's landmarks -> a right hand's)."""
+    """Mirror ``points  # [..., 3]`` through the x = 0 plane (a left hand's landmarks -> a right hand's);
+    rotations mirror with :func:`model.rotations.mirror_rotvec`."""
     return points * points.new_tensor(_MIRROR)
-
-
-def mirror_rotvec(rotvec: ArrayOrTensor) -> ArrayOrTensor:
-    """Axis-angle ``rotvec  # [..., 3]`` of the mirror image through x = 0: ``(x, y, z) -> (x, -y, -z)``
-    (a right hand's rotations <-> a left hand's). Takes a torch tensor or a numpy array and returns a new
-    one of the same kind, dtype and device (differentiable for tensors)."""
-    mirrored = -rotvec
-    mirrored[..., 0] = rotvec[..., 0]
-    return mirrored
-
-
-def rotation_between(a: Tensor, b: Tensor) -> Tensor:
-    """Axis-angle ``[..., 3]`` of the smallest rotation turning direction ``a`` onto direction ``b``.
-
-    a, b  # [..., 3] (any non-zero length); opposite directions get a half turn about an axis
-          # perpendicular to ``a``
-    """
-    a = a / a.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    b = b / b.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-    cross = torch.linalg.cross(a, b, dim=-1)
-    sin = cross.norm(dim=-1, keepdim=True)
-    cos = (a * b).sum(-1, keepdim=True)
-    angle = torch.atan2(sin, cos)
-    # any axis perpendicular to a, for the antiparallel case
-    helper = torch.where(a[..., :1].abs() < 0.9, a.new_tensor((1.0, 0.0, 0.0)), a.new_tensor((0.0, 1.0, 0.0)))
-    perpendicular = torch.linalg.cross(a, helper.expand_as(a), dim=-1)
-    axis = torch.where(sin > 1e-9, cross, perpendicular)
-    return axis / axis.norm(dim=-1, keepdim=True).clamp(min=1e-12) * angle
-
-
-def rotation_angle(a: Tensor, b: Tensor) -> Tensor:
-    """Angle (rad) of the rotation between axis-angle rotations ``a`` and ``b  # [..., 3]`` -> ``[...]``."""
-    relative = rotvec_to_rotmat(a).transpose(-1, -2) @ rotvec_to_rotmat(b)
-    cos = ((relative.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
-    return torch.arccos(cos)
 
 
 def fit_confidence(rmse: Tensor, residual_scale: float) -> Tensor:

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-NUM_WHOLEBODY = 133
-"""COCO-WholeBody keypoints: 17 body, 6 feet, 68 face, 21 left hand, 21 right hand."""
+from schemas import keypoints as kpl
+
 
 # Sources of the 133 points, as indices into cat([joints 55, vertex keypoints 21, landmarks68 68]).
 _J, _K, _L = 0, 55, 76
@@ -51,13 +51,13 @@ keypoints, FLAME's 68 landmarks)."""
 
 
 def _wholebody_weights() -> np.ndarray:
-    w = np.ones(NUM_WHOLEBODY, np.float32)
+    w = np.ones(kpl.NUM_KEYPOINTS, np.float32)
     w[[5, 6]] = 50.0  # shoulders
     w[[7, 8]] = 100.0  # elbows
     w[[9, 10, 13, 14, 15, 16]] = 20.0  # wrists, knees, ankles
-    w[17:23] = 20.0  # feet
-    w[23:40] = 5.0  # jaw contour
-    w[91:133] = 10.0  # hands
+    w[kpl.FEET] = 20.0  # feet
+    w[kpl.FACE.start:kpl.FACE.start + 17] = 5.0  # jaw contour
+    w[kpl.LEFT_HAND.start:kpl.RIGHT_HAND.stop] = 10.0  # hands
     return w
 
 
@@ -67,10 +67,9 @@ the COCO-WholeBody layout: shoulders 50, elbows 100, wrists / knees / ankles / f
 contour 5, everything else 1. GUAVA gives nose, eyes and ears 0 (its head term places the head); here
 they keep 1 so that a face under the gate still has its head placed by them."""
 
-WHOLEBODY_PARTS: dict[str, slice] = {
-    "body": slice(0, 23), "face": slice(23, 91), "left_hand": slice(91, 112), "right_hand": slice(112, 133),
-}
-"""Index ranges of the layout used for confidence thresholds and per-part reprojection (body = body + feet)."""
+WHOLEBODY_PARTS: dict[str, slice] = kpl.SCORED_PARTS
+"""Index ranges of the layout used for confidence thresholds and per-part reprojection (body = body + feet;
+:data:`schemas.keypoints.SCORED_PARTS`)."""
 
 
 def ehm_wholebody_points(

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from fitting.objectives import WHOLEBODY_PARTS, erode_mask, keypoint_box_side
+from schemas import keypoints as kpl
 
 
 @dataclass
@@ -84,7 +85,8 @@ def part_reprojection(
 ) -> dict[str, Tensor]:
     """Reprojection errors per part: ``{"body", "face"}: [B]`` and ``"hands": [B, 2]`` in px, and the same
     with ``"_norm"`` appended, divided by the part's size (see the module docstring). NaN: not measured."""
-    if pred_px.shape[-2:] != (133, 2) or kp2d.shape[-2:] != (133, 3) or bbox_xyxy.shape[-1] != 4:
+    k = kpl.NUM_KEYPOINTS
+    if pred_px.shape[-2:] != (k, 2) or kp2d.shape[-2:] != (k, 3) or bbox_xyxy.shape[-1] != 4:
         raise ValueError(f"pred_px [B, 133, 2], kp2d [B, 133, 3] and bbox_xyxy [B, 4] expected, got "
                          f"{list(pred_px.shape)}, {list(kp2d.shape)}, {list(bbox_xyxy.shape)}")
     out: dict[str, Tensor] = {}

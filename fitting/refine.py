@@ -19,6 +19,10 @@ Parameters are optimised as scaled offsets from their initial values, ``value = 
 block by about its ``step`` per iteration. Shape (SMPL-X betas, FLAME shape) and the head / hand scales are
 one parameter per identity: rows of one video track share them. Budgets are fixed, nothing is random:
 the same inputs give the same outputs on the same device.
+
+The settings are :class:`fitting.refine_config.RefineConfig`. During the solves the objectives run cheap
+stand-ins for the full models: :class:`model.ehm_rigid.RigidPartsEHM` in the EHM stage and
+:class:`model.partial.LandmarkFLAME` in the FLAME stage.
 """
 
 from __future__ import annotations
@@ -27,9 +31,8 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -48,14 +51,17 @@ from fitting.objectives import (
     trimap_silhouette_loss,
 )
 from fitting.priors import joint_limit_penalty, pose_prior
-from fitting.solvers import LossFn, SolverResult, minimize_adam, minimize_lbfgs, seed_everything
-from fitting.transfer_posing import PartialModel, pose_rotmats, shape_coefficients
+from fitting.refine_config import RefineConfig
+from fitting.solvers import SOLVERS, seed_everything
 from fitting.wrist import hand_gate, integrate_wrist
 from model.assets.loaders import load_mean_hand_pose
-from model.body_models import FLAME, SMPLX, BodyModelOutput
+from model.body_models import SMPLX, BodyModelOutput
 from model.ehm import EHM
+from model.ehm_rigid import RigidPartsEHM, RigidPartsOutput
+from model.partial import LandmarkFLAME
 from model.rasterizer import soft_silhouette
 from model.rotations import rotmat_to_rotvec, rotvec_to_rotmat
+from schemas import keypoints as kpl
 from schemas.ehm_v1 import QualityFlag
 
 log = logging.getLogger(__name__)
@@ -73,221 +79,8 @@ EHM_PARAMS = (
 
 
 # --------------------------------------------------------------------------------------------------
-# Configuration
+# Solving
 # --------------------------------------------------------------------------------------------------
-
-
-def _sub_config(cls: type, value: Any) -> Any:
-    """A nested config from a dataclass instance or a mapping of its fields (as YAML gives it)."""
-    if isinstance(value, cls):
-        return value
-    if isinstance(value, Mapping):
-        return cls(**value)
-    raise TypeError(f"expected a {cls.__name__} or a mapping of its fields, got {type(value).__name__}")
-
-
-def _check_steps(owner: str, steps: Mapping[str, float], defaults: Mapping[str, float]) -> dict[str, float]:
-    unknown = sorted(set(steps) - set(defaults))
-    if unknown:
-        raise ValueError(f"{owner}.steps: unknown block(s) {unknown}; known: {sorted(defaults)}")
-    merged = {**defaults, **{k: float(v) for k, v in steps.items()}}
-    bad = [k for k, v in merged.items() if not v > 0]
-    if bad:
-        raise ValueError(f"{owner}.steps: step sizes must be positive, got {bad}")
-    return merged
-
-
-@dataclass
-class SolverConfig:
-    """Which solver runs both stages, and its settings."""
-
-    name: str = "adam"
-    """``adam``, ``adamw`` or ``lbfgs`` (see :data:`SOLVERS`)."""
-    lr: float = 1.0
-    """Learning rate in units of each block's ``step`` (Adam moves a block by about ``lr * step`` per
-    iteration early on); L-BFGS: the initial step of its strong-Wolfe line search."""
-    lr_final: float = 0.1
-    """Adam / AdamW: the learning rate decays geometrically from ``lr`` to this over the budget."""
-    weight_decay: float = 0.0
-    """AdamW only: decoupled decay of every offset towards its initial value (0 = plain Adam)."""
-    history: int = 10
-    """L-BFGS only: curvature pairs kept."""
-
-    def __post_init__(self) -> None:
-        if self.name not in SOLVERS:
-            raise ValueError(f"SolverConfig.name: unknown solver {self.name!r}; known: {sorted(SOLVERS)}")
-        if not self.lr > 0 or not self.lr_final > 0 or self.weight_decay < 0 or self.history < 1:
-            raise ValueError(f"SolverConfig: lr and lr_final must be > 0, weight_decay >= 0, history >= 1; got {self}")
-
-
-FLAME_STEPS = {"head_rotation": 0.02, "head_translation": 0.005, "flame_expression": 0.05, "flame_jaw_pose": 0.01,
-               "flame_eye_pose": 0.02, "flame_eyelids": 0.05, "flame_shape": 0.02}
-"""Default per-iteration step of each FLAME-stage block (rad, m or coefficient units)."""
-EHM_STEPS = {"global_orient": 0.01, "body_pose": 0.02, "transl": 0.01, "betas": 0.02, "head_scale": 0.002,
-             "hand_scale": 0.002, "mano_hand_pose": 0.01}
-"""Default per-iteration step of each EHM-stage block (rad, m or coefficient units)."""
-
-
-@dataclass
-class StageConfig:
-    """Settings both stages have: budget, keypoint gate, residual units and step overrides."""
-
-    STEP_DEFAULTS: ClassVar[dict[str, float]] = {}
-
-    iterations: int = 100
-    """Solver iterations (a fixed budget)."""
-    keypoint_threshold: float = 0.3
-    """Keypoints count only above this confidence, with weight ``2 * confidence`` then (GUAVA's gate, 0.3)."""
-    reference_px: float = 1000.0
-    """2D residuals are in px of the part scaled to this size (see each stage)."""
-    delta_px: float = 1.0
-    """Pseudo-Huber threshold of the residuals (reference px; mm for 3D ones)."""
-    steps: dict[str, float] = field(default_factory=dict)
-    """Per-block step overrides (keys of the stage's default steps)."""
-
-    def __post_init__(self) -> None:
-        name = type(self).__name__
-        if self.iterations < 0:
-            raise ValueError(f"{name}.iterations must be >= 0, got {self.iterations}")
-        self.steps = _check_steps(name, self.steps, self.STEP_DEFAULTS)
-
-
-@dataclass
-class FlameStageConfig(StageConfig):
-    """The FLAME stage: weights of its terms (``docs/refinement.md``); steps default to :data:`FLAME_STEPS`."""
-
-    STEP_DEFAULTS: ClassVar[dict[str, float]] = FLAME_STEPS
-
-    reference_px: float = 256.0
-    """2D residuals are scaled to a face box of this many px (the longer side of the face keypoints' box)."""
-    landmarks68: float = 10.0
-    """68 face keypoints (``kp2d_wholebody`` 23..90), robust distance in px of a ``reference_px`` face (GUAVA
-    weighs its 68/70-point term 10)."""
-    landmarks_mediapipe: float = 10.0
-    """MediaPipe face-mesh landmarks through FLAME's MediaPipe embedding (GUAVA: 10)."""
-    iris: float = 10.0
-    """MediaPipe iris centres against FLAME's pupils (the eyeball vertices farthest forward): observes the
-    eye pose (GUAVA fits eye pose to its eye landmarks in a second pass)."""
-    shape_prior: float = 5.0
-    """Mean square of the FLAME shape coefficients (GUAVA: 5)."""
-    expression_prior: float = 0.5
-    """Mean square of the expression coefficients (GUAVA: 0.5)."""
-    jaw_prior: float = 5e3
-    """Mean square of the jaw rotation's y and z components, rad^2 (GUAVA: 5e3: the jaw opens about x)."""
-    eye_prior: float = 1.0
-    """Mean square of the eye rotations, rad^2 (keeps unobserved eyes straight)."""
-    eyelid_prior: float = 0.5
-    """Mean square of the eyelid weights (kits with eyelid blend shapes only)."""
-    head_rotation_to_init: float = 1.0
-    """Mean square of the head rotation's change from where the body put it, rad^2."""
-    head_translation_to_init: float = 100.0
-    """Mean square of the head position's change, m^2 (0.1 m costs 1)."""
-
-
-@dataclass
-class EhmStageConfig(StageConfig):
-    """The EHM stage: weights of its terms (``docs/refinement.md``); steps default to :data:`EHM_STEPS`.
-    ``reference_px`` is the person box (the longer side of ``bbox_xyxy``) and ``keypoint_threshold`` gates the
-    body, feet and face keypoints."""
-
-    STEP_DEFAULTS: ClassVar[dict[str, float]] = EHM_STEPS
-
-    iterations: int = 200
-    """Solver iterations (a fixed budget). At 100, the Grace Hopper example's body stopped at a
-    reprojection of 0.051 box sides without being flagged; at 200 it reaches 0.017."""
-    keypoints_2d: float = 0.2
-    """Confidence-gated COCO-WholeBody keypoints with GUAVA's per-keypoint weights
-    (:data:`fitting.objectives.WHOLEBODY_WEIGHTS`), robust distance in px of a ``reference_px`` person box
-    (GUAVA: 0.2)."""
-    head_vertices: float = 5.0
-    """Head vertices (those moved rigidly by the head joint) against the FLAME stage's head: image position
-    in reference px and depth relative to the eyes in mm (GUAVA: 5)."""
-    hand_vertices: float = 2.0
-    """Hand vertices relative to the wrist against the MANO hand (its orientation and fingers, scaled by the
-    current hand scale), mm; visible hands only (GUAVA: 0.25 on its screen-space hand vertices; here higher,
-    because our hand results carry no image position and the term alone holds the hand's orientation)."""
-    depth_to_init: float = 0.05
-    """Robust change of the body joints' depth from the start, mm (GUAVA keeps depth near its start too:
-    depth is what 2D keypoints say least about)."""
-    pose_to_init: float = 50.0
-    """Mean square change of the body pose from the start (after wrist integration), rad^2."""
-    pose_prior: float = 0.05
-    """:func:`fitting.priors.pose_prior` (sum over joints of range-normalised squares)."""
-    joint_limits: float = 100.0
-    """:func:`fitting.priors.joint_limit_penalty` (sum of squared excursions, rad^2)."""
-    shape_prior: float = 0.1
-    """Mean square of the SMPL-X betas (GUAVA: 0.1)."""
-    scale_prior: float = 100.0
-    """Mean square of ``head_scale - 1`` plus that of ``hand_scale - 1`` (GUAVA: 100)."""
-    hand_pose_to_init: float = 10.0
-    """Mean square change of the finger rotations from the hand result, rad^2 (with ``fingers``)."""
-    silhouette: float = 0.0
-    """Trimap silhouette loss against the person mask (:func:`fitting.objectives.trimap_silhouette_loss`);
-    0 = off. Needs ``person_mask`` in the inputs; costly (a soft rasterisation per iteration)."""
-    silhouette_band: int = 2
-    """Half-width in mask px of the trimap's unknown band."""
-    silhouette_sigma: float = 1.0
-    """Soft-rasteriser blur, mask px^2."""
-    fingers: bool = False
-    """Also refine the finger rotations (MANO hand pose) of visible hands from their 2D keypoints. Off by
-    default: on the synthetic benchmark it did not lower the hands' PA-PVE (``docs/refinement.md``)."""
-    hand_keypoint_threshold: float = 0.5
-    """Hand keypoints count only above this confidence (GUAVA: 0.7 for its DWPose scores)."""
-
-
-WRIST_MODES = ("adaptive", "copy_paste")
-"""Wrist integration modes of :attr:`RefineConfig.wrist`."""
-
-
-@dataclass
-class RefineConfig:
-    """Everything :class:`Refiner` does (see the module docstring)."""
-
-    flame: FlameStageConfig = field(default_factory=FlameStageConfig)
-    """The FLAME stage."""
-    ehm: EhmStageConfig = field(default_factory=EhmStageConfig)
-    """The EHM stage."""
-    solver: SolverConfig = field(default_factory=SolverConfig)
-    """The solver of both stages."""
-    hand_gate: float = 0.5
-    """Hands under this confidence (``conf_hands``), or not detected, are gated."""
-    face_gate: float = 0.5
-    """Faces under this confidence (``conf_face``), or not detected, are gated."""
-    wrist: str = "adaptive"
-    """Wrist integration: ``adaptive`` (twist beyond ``max_twist_deg`` moves into the elbow) or
-    ``copy_paste`` (the hand's orientation pasted as it is)."""
-    max_twist_deg: float = 90.0
-    """Largest wrist twist kept by adaptive integration, degrees."""
-    share_identity: bool = True
-    """Rows with the same identity share shape and head / hand scales."""
-    not_converged_tol: float = 0.05
-    """A stage whose objective still fell by more than this fraction over the last tenth of its budget
-    flags the sample ``NOT_CONVERGED``."""
-    seed: int = 0
-    """Seed of torch's generators (the refinement itself draws no random numbers)."""
-
-    def __post_init__(self) -> None:
-        self.flame = _sub_config(FlameStageConfig, self.flame)
-        self.ehm = _sub_config(EhmStageConfig, self.ehm)
-        self.solver = _sub_config(SolverConfig, self.solver)
-        if self.wrist not in WRIST_MODES:
-            raise ValueError(f"RefineConfig.wrist must be one of {WRIST_MODES}, got {self.wrist!r}")
-        if not 0.0 <= self.max_twist_deg <= 180.0:
-            raise ValueError(f"RefineConfig.max_twist_deg must be in [0, 180], got {self.max_twist_deg}")
-
-
-# --------------------------------------------------------------------------------------------------
-# Solvers
-# --------------------------------------------------------------------------------------------------
-
-
-SOLVERS: dict[str, Callable[[list[Tensor], LossFn, int, SolverConfig], SolverResult]] = {
-    "adam": lambda p, f, n, c: minimize_adam(p, f, iterations=n, lr=c.lr, lr_final=c.lr_final),
-    "adamw": lambda p, f, n, c: minimize_adam(p, f, iterations=n, lr=c.lr, lr_final=c.lr_final,
-                                              weight_decay=c.weight_decay),
-    "lbfgs": lambda p, f, n, c: minimize_lbfgs(p, f, iterations=n, lr=c.lr, history=c.history),
-}
-"""Solver name -> ``(params, loss_fn, iterations, config) -> SolverResult``."""
 
 
 class _Block:
@@ -336,7 +129,8 @@ def _solve(blocks: Mapping[str, _Block], terms_fn: Callable[[], dict[str, Tensor
         return total
 
     if iterations > 0:
-        SOLVERS[config.solver.name]([b.delta for b in blocks.values()], loss_fn, iterations, config.solver)
+        solver = SOLVERS.get(config.solver.name, "SolverConfig.name")
+        solver.minimize([b.delta for b in blocks.values()], loss_fn, iterations, config.solver.options())
     with torch.no_grad():
         terms = {k: v.detach() for k, v in terms_fn().items()}
     loss = torch.stack(list(terms.values())).sum(0)
@@ -399,8 +193,8 @@ class RefineInputs:
         missing = [k for k in EHM_PARAMS if k not in self.params]
         if missing:
             raise ValueError(f"params: missing {missing}; give every EHM parameter of the initial fit")
-        for name, shape in (("intrinsics", (n, 3, 3)), ("bbox_xyxy", (n, 4)), ("kp2d", (n, 133, 3)),
-                            ("mp_face", (n, 478, 3)), ("has_face", (n,)), ("conf_face", (n,)),
+        for name, shape in (("intrinsics", (n, 3, 3)), ("bbox_xyxy", (n, 4)), ("kp2d", (n, kpl.NUM_KEYPOINTS, 3)),
+                            ("mp_face", (n, kpl.NUM_FACE_LANDMARKS, 3)), ("has_face", (n,)), ("conf_face", (n,)),
                             ("has_hands", (n, 2)), ("conf_hands", (n, 2)), ("mano_global_orient", (n, 2, 3))):
             _expect(name, getattr(self, name), shape)
         for name, value in self.params.items():
@@ -452,179 +246,6 @@ class RefineResult:
     """[B, 2] bool: hand passed the gate and was integrated."""
     face_fitted: Tensor
     """[B] bool: face passed the gate and went through the FLAME stage."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Cheap models for the objectives
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PartsOutput:
-    """What the EHM-stage objective reads of a posed EHM (all in the camera frame)."""
-
-    joints: Tensor
-    """[B, 55, 3] EHM joints: SMPL-X body 0..21, FLAME jaw / eyes 22..24, MANO fingers 25..54."""
-    keypoints: Tensor
-    """[B, 21, 3] smplx's vertex keypoints."""
-    landmarks68: Tensor
-    """[B, 68, 3] FLAME's 68 landmarks."""
-    head: Tensor
-    """[B, K, 3] the FLAME vertices ``head_ids`` given to :class:`RigidPartsEHM`."""
-    hands: tuple[Tensor, Tensor]
-    """Left and right MANO vertices ``hand_ids``, each [B, H, 3]."""
-
-
-def _subset(used: Tensor, size: int) -> Tensor:
-    """``[size]`` map from full vertex ids to positions in the sorted unique ``used`` (0 elsewhere), and
-    the sorted ids; returned as ``(ids, remap)``."""
-    ids = torch.unique(used)
-    remap = torch.zeros(size, dtype=torch.long, device=ids.device)
-    remap[ids] = torch.arange(len(ids), device=ids.device)
-    return ids, remap
-
-
-class RigidPartsEHM:
-    """EHM for the EHM-stage objective: the SMPL-X skeleton and body keypoint vertices by
-    :class:`fitting.transfer_posing.PartialModel`, the FLAME head and MANO hands as parts carried rigidly by
-    the head and wrist joints, evaluated on the vertices the objective reads only.
-
-    EHM skins its head and hand vertices with SMPL-X weights that put them (all hand vertices; the head's
-    face, see :attr:`Refiner.head_rigid`) on the head / wrist joint alone, and adds FLAME's neck pose
-    blend shape driven by the head joint; this model leaves that blend shape out. Joints 0..21 are
-    EHM's exactly; the parts agree to about a millimetre. A full EHM pass skins all 10,475 vertices and
-    repeats FLAME's whole blend-shape product every iteration; this one moves a few hundred points per
-    part, which makes the per-sample cost small enough for batching to pay (``docs/refinement.md``).
-    """
-
-    def __init__(self, ehm: EHM, smplx: SMPLX, head_ids: Tensor, hand_ids: Tensor) -> None:
-        """``head_ids``: FLAME vertices to report in :attr:`PartsOutput.head`; ``hand_ids``: MANO vertices to
-        report in :attr:`PartsOutput.hands` (both hands)."""
-        if smplx.num_vertices != ehm.lbs_weights.shape[0] or smplx.shape_sizes["betas"] != ehm.num_betas:
-            raise ValueError("smplx: must be the SMPL-X model EHM was assembled from (same mesh and betas)")
-        self.ehm, self.smplx = ehm, smplx
-        flame, manos = ehm.flame, (ehm.mano_left, ehm.mano_right)
-        lookups = {"head": ehm.head_vertex_ids, "left": ehm.left_hand_vertex_ids, "right": ehm.right_hand_vertex_ids}
-        kp_owner: list[tuple[str, int]] = []  # (part, vertex of the part) of every SMPL-X vertex keypoint
-        for vid in ehm.keypoint_ids.tolist():
-            part = next((p for p, ids in lookups.items() if bool((ids == vid).any())), "body")
-            index = vid if part == "body" else int(torch.nonzero(lookups[part] == vid)[0, 0])
-            kp_owner.append((part, index))
-        body_ids = [i for p, i in kp_owner if p == "body"]
-        head_kp = torch.tensor([i for p, i in kp_owner if p == "head"], dtype=torch.long)
-        lmk = torch.cat([flame.faces[flame.static_lmk_faces].reshape(-1), flame.faces[flame.dynamic_lmk_faces].reshape(-1)])
-        head_used, head_remap = _subset(torch.cat([head_ids.cpu(), lmk.cpu(), head_kp]), flame.num_vertices)
-        hand_kp = {side: torch.tensor([i for p, i in kp_owner if p == side], dtype=torch.long) for side in ("left", "right")}
-        ref = ehm.body_template
-        self.head_used = head_used.to(ref.device)
-        self.head_out = head_remap[head_ids.cpu()].to(ref.device)
-        self.head_faces = head_remap[flame.faces.cpu()].to(ref.device)
-        self.hand_models, self.hand_out, remaps = [], [], {}
-        for side, mano in zip(("left", "right"), manos):
-            used, remap = _subset(torch.cat([hand_ids.cpu(), hand_kp[side]]), mano.num_vertices)
-            self.hand_models.append(PartialModel(mano, used).to(ref))
-            self.hand_out.append(remap[hand_ids.cpu()].to(ref.device))
-            remaps[side] = remap
-        remaps["head"] = head_remap
-        self.kp_source = [(p, body_ids.index(i)) if p == "body" else (p, int(remaps[p][i])) for p, i in kp_owner]
-        """(part, row of the part's output) of every vertex keypoint."""
-        self.skeleton = PartialModel(smplx, body_ids).to(ref)
-
-    def head_frame(self, params: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """FLAME posed in its own frame, relative to the midpoint of its eyes: the vertices this model uses
-        ``[B, K, 3]`` and the jaw / eye joints ``[B, 3, 3]`` (constant while the FLAME parameters are)."""
-        flame = self.ehm.flame
-        eyelids = params.get("flame_eyelids") if flame.has_eyelids else None
-        out = flame(betas=params["flame_shape"], expression=params["flame_expression"],
-                    jaw_pose=params["flame_jaw_pose"], eye_pose=params["flame_eye_pose"], eyelids=eyelids)
-        eyes = out.joints[:, [FLAME.LEFT_EYE, FLAME.RIGHT_EYE]].mean(1, keepdim=True)
-        return out.vertices[:, self.head_used] - eyes, out.joints[:, FLAME.JAW:] - eyes
-
-    def hand_frame(self, mano_betas: Tensor, hand_pose: Tensor) -> list[tuple[Tensor, Tensor]]:
-        """Each MANO hand posed with its root still, relative to its wrist: the vertices this model uses
-        ``[B, H, 3]`` and the finger joints ``[B, 15, 3]`` (``mano_betas  # [B, 2, <=10]``,
-        ``hand_pose  # [B, 2, 15, 3]``)."""
-        out = []
-        n = mano_betas.shape[0]
-        for side, model in enumerate(self.hand_models):
-            mano = model.model
-            coeffs = shape_coefficients(mano, {"betas": mano_betas[:, side]}, n)
-            rotmats = pose_rotmats(mano, {"hand_pose": hand_pose[:, side]}, n)
-            verts, joints, _ = model(coeffs, rotmats, torch.zeros_like(coeffs[:, :3]))
-            out.append((verts - joints[:, :1], joints[:, 1:] - joints[:, :1]))
-        return out
-
-    def __call__(
-        self,
-        betas: Tensor,  # [B, 10]
-        global_rotmat: Tensor,  # [B, 3, 3]
-        body_pose: Tensor,  # [B, 21, 3]
-        transl: Tensor,  # [B, 3]
-        head_scale: Tensor,  # [B, 3]
-        hand_scale: Tensor,  # [B, 2]
-        head: tuple[Tensor, Tensor],  # from head_frame()
-        hands: list[tuple[Tensor, Tensor]],  # from hand_frame()
-    ) -> PartsOutput:
-        n = betas.shape[0]
-        coeffs = shape_coefficients(self.smplx, {"betas": betas}, n)
-        local = pose_rotmats(self.smplx, {"body_pose": body_pose}, n)
-        local = torch.cat([global_rotmat[:, None], local[:, 1:]], 1)
-        body_kp, joints, world = self.skeleton(coeffs, local, transl)
-        rest = self.smplx.rest_joints(coeffs)
-
-        def place(anchor: int, points: Tensor) -> Tensor:
-            """Rest-frame ``points  # [B, K, 3]`` posed rigidly with joint ``anchor``."""
-            return (points - rest[:, anchor, None]) @ world[:, anchor].transpose(-1, -2) + joints[:, anchor, None]
-
-        eye_mid = rest[:, [SMPLX.LEFT_EYE, SMPLX.RIGHT_EYE]].mean(1, keepdim=True)
-        head_verts = place(SMPLX.HEAD, head[0] * head_scale[:, None] + eye_mid)
-        head_joints = place(SMPLX.HEAD, head[1] * head_scale[:, None] + eye_mid)
-        placed = []
-        for side, wrist in enumerate(WRISTS):
-            s = hand_scale[:, side, None, None]
-            placed.append([place(wrist, part * s + rest[:, wrist, None]) for part in hands[side]])
-        parts = {"body": body_kp, "head": head_verts, "left": placed[0][0], "right": placed[1][0]}
-        keypoints = torch.stack([parts[part][:, i] for part, i in self.kp_source], 1)
-        landmarks68, _ = self.ehm.flame.face_landmarks(head_verts, world[:, SMPLX.HEAD], self.head_faces)
-        all_joints = torch.cat([joints[:, : SMPLX.NUM_BODY_JOINTS], head_joints, placed[0][1], placed[1][1]], 1)
-        hands_out = tuple(placed[side][0][:, self.hand_out[side]] for side in (0, 1))
-        return PartsOutput(all_joints, keypoints, landmarks68, head_verts[:, self.head_out], hands_out)
-
-
-class LandmarkFLAME:
-    """FLAME evaluated on the vertices its landmark embeddings (68 points, MediaPipe points) and the pupils
-    touch, through :class:`fitting.transfer_posing.PartialModel` (a few hundred of 5023 vertices).
-    Kits with eyelid blend shapes fall back to the full model (the partial pass has no eyelid term)."""
-
-    def __init__(self, flame: FLAME, pupils: Tensor) -> None:
-        self.flame = flame
-        faces = flame.faces
-        used = torch.cat([faces[flame.static_lmk_faces].reshape(-1), faces[flame.dynamic_lmk_faces].reshape(-1),
-                          faces[flame.mediapipe_lmk_faces].reshape(-1), pupils])
-        ids = torch.unique(used)
-        remap = torch.zeros(flame.num_vertices, dtype=torch.long, device=ids.device)
-        remap[ids] = torch.arange(len(ids), device=ids.device)
-        self.faces = remap[faces]  # [F, 3] FLAME triangles in subset indices (unused ones point at 0)
-        self.pupils = remap[pupils]
-        self.all_pupils = pupils
-        self.partial = None if flame.has_eyelids else PartialModel(flame, ids).to(flame.v_template)
-
-    def __call__(self, shape: Tensor, expression: Tensor, jaw: Tensor, eyes: Tensor,
-                 eyelids: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """Vertices relative to the eye midpoint ``[B, K, 3]`` (FLAME's own frame), the faces that index
-        them ``[F, 3]`` and the pupils ``[2]`` among them."""
-        flame = self.flame
-        if self.partial is None:
-            out = flame(betas=shape, expression=expression, jaw_pose=jaw, eye_pose=eyes, eyelids=eyelids)
-            verts, joints, faces, pupils = out.vertices, out.joints, flame.faces, self.all_pupils
-        else:
-            n = shape.shape[0]
-            coeffs = shape_coefficients(flame, {"betas": shape, "expression": expression}, n)
-            rotmats = pose_rotmats(flame, {"jaw_pose": jaw, "eye_pose": eyes}, n)
-            verts, joints, _ = self.partial(coeffs, rotmats, torch.zeros_like(shape[:, :3]))
-            faces, pupils = self.faces, self.pupils
-        eye_mid = joints[:, [FLAME.LEFT_EYE, FLAME.RIGHT_EYE]].mean(1, keepdim=True)
-        return verts - eye_mid, faces, pupils
 
 
 # --------------------------------------------------------------------------------------------------
@@ -727,7 +348,7 @@ class Refiner:
                      identity: Tensor, count: int) -> tuple[_Solved, Tensor, Tensor]:
         """Fit FLAME and the head pose; updates the FLAME entries of ``params`` in place.
 
-        Returns the solve report, the head vertices :class:`RigidPartsEHM` uses (camera frame, ``[B, K, 3]``)
+        Returns the solve report, the head vertices :class:`model.ehm_rigid.RigidPartsEHM` uses (camera frame, ``[B, K, 3]``)
         and their eye midpoint ``[B, 3]``: the EHM stage's head target."""
         cfg, flame = self.config.flame, self.ehm.flame
         steps = cfg.steps
@@ -805,20 +426,20 @@ class Refiner:
 
     def _ehm_stage(self, params: dict[str, Tensor], inp: RefineInputs, face_ok: Tensor, visible: Tensor,
                    head_verts: Tensor, head_eyes: Tensor, identity: Tensor, count: int) -> _Solved:
-        """Fit the EHM body on :class:`RigidPartsEHM`; updates ``params`` in place."""
+        """Fit the EHM body on :class:`model.ehm_rigid.RigidPartsEHM`; updates ``params`` in place."""
         cfg = self.config.ehm
         steps = cfg.steps
         intr = inp.intrinsics
         body_side = (inp.bbox_xyxy[:, 2:] - inp.bbox_xyxy[:, :2]).max(-1).values
         scale = (cfg.reference_px / body_side)[:, None, None]
         hands_start = WHOLEBODY_PARTS["left_hand"].start
-        thresholds = torch.full((133,), cfg.keypoint_threshold, dtype=intr.dtype, device=intr.device)
+        thresholds = torch.full((kpl.NUM_KEYPOINTS,), cfg.keypoint_threshold, dtype=intr.dtype, device=intr.device)
         thresholds[hands_start:] = cfg.hand_keypoint_threshold
         kp_weight = confidence_gate(inp.kp2d[..., 2], thresholds) * torch.as_tensor(WHOLEBODY_WEIGHTS).to(intr)
         # a gated hand's keypoints do not pull the body's wrist into a hand it does not show
-        side_of_kp = torch.zeros(133, dtype=torch.long, device=intr.device)
+        side_of_kp = torch.zeros(kpl.NUM_KEYPOINTS, dtype=torch.long, device=intr.device)
         side_of_kp[WHOLEBODY_PARTS["right_hand"]] = 1
-        is_hand = torch.arange(133, device=intr.device) >= hands_start
+        is_hand = torch.arange(kpl.NUM_KEYPOINTS, device=intr.device) >= hands_start
         kp_weight = kp_weight * torch.where(is_hand, visible[:, side_of_kp], True)
         parts = self.parts
         fingers0 = params["mano_hand_pose"]
@@ -857,7 +478,7 @@ class Refiner:
                 p["mano_hand_pose"] = torch.where(visible[..., None, None], p["mano_hand_pose"], fingers0)
             return p
 
-        def pose(p: Mapping[str, Tensor]) -> PartsOutput:
+        def pose(p: Mapping[str, Tensor]) -> RigidPartsOutput:
             hands = parts.hand_frame(p["mano_betas"], p["mano_hand_pose"]) if cfg.fingers else hands0
             return parts(p["betas"], p["global_orient"], p["body_pose"], p["transl"], p["head_scale"],
                          p["hand_scale"], head, hands)

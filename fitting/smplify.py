@@ -36,9 +36,9 @@ from torch import Tensor
 from fitting.camera import project, solve_translation, translation_from_box
 from fitting.priors import joint_limit_penalty, pose_prior, shape_prior
 from fitting.solvers import minimize_adam
-from fitting.transfer_posing import PartialModel, pose_rotmats, shape_coefficients
 from model.assets.layouts import SMPLX_JOINTS
 from model.body_models import SMPLX, SMPLX_KEYPOINT_NAMES
+from model.partial import PartialModel
 from model.rotations import rotmat_to_rotvec, rotvec_to_rotmat
 
 MODEL_POINTS: tuple[str, ...] = tuple(SMPLX_JOINTS) + SMPLX_KEYPOINT_NAMES
@@ -225,8 +225,8 @@ class KeypointFitter(torch.nn.Module):
         """Camera-frame :data:`MODEL_POINTS` ``[B, 76, 3]`` of SMPL-X bodies (missing pose parts are zero)."""
         model = self.part.model
         n = params["global_orient"].shape[0]
-        rot = pose_rotmats(model, {k: params[k] for k in ("global_orient", "body_pose") if k in params}, n)
-        coeffs = shape_coefficients(model, {"betas": params["betas"]}, n)
+        rot = model.local_rotmats({k: params[k] for k in ("global_orient", "body_pose") if k in params}, n)
+        coeffs = model.shape_coefficients({"betas": params["betas"]}, n)
         verts, joints, _ = self.part(coeffs, rot, params["transl"])
         return torch.cat([joints, verts], dim=1)
 

@@ -11,6 +11,10 @@ Every solver runs exactly its iteration budget (no early stop, no data-dependent
 costs the same for every batch and gives the same numbers for the same inputs on the same device; none
 of them draws random numbers. ``seed_everything`` fixes torch's generators for callers whose
 initialisation is random.
+
+:data:`SOLVERS` registers the solvers of problems given as per-sample losses (gradients by autograd) by
+name, for configs that choose one: ``adam``, ``adamw`` and ``lbfgs``, all called as
+``SOLVERS.get(name).minimize(params, loss_fn, iterations, options)``.
 """
 
 from __future__ import annotations
@@ -268,6 +272,95 @@ def least_squares(
     state, result = minimize_levenberg_marquardt({"x": x0}, linearize, lambda s, step: {"x": s["x"] + step},
                                                  iterations=iterations, damping=damping)
     return state["x"], result
+
+
+# --------------------------------------------------------------------------------------------------
+# Named solvers of per-sample losses
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    """Settings of the registered solvers; each solver reads only the fields that name it."""
+
+    lr: float = 1.0
+    """Adam / AdamW: the step size; L-BFGS: the first trial step of its line search."""
+    lr_final: float | None = None
+    """Adam / AdamW: the step size decays geometrically from ``lr`` to this over the budget (None: constant)."""
+    weight_decay: float = 0.0
+    """AdamW: decoupled weight decay."""
+    history: int = 10
+    """L-BFGS: curvature pairs kept."""
+
+
+MinimizeFn = Callable[[list[Tensor], LossFn, int, SolverOptions], SolverResult]
+"""``(params, loss_fn, iterations, options) -> SolverResult``; parameters are updated in place."""
+
+
+@dataclass(frozen=True)
+class NamedSolver:
+    """One entry of :data:`SOLVERS`."""
+
+    name: str
+    minimize: MinimizeFn
+    line_search: bool
+    """The step length comes from a line search (``options.lr`` is only its first trial)."""
+
+
+class SolverRegistry:
+    """Name -> :class:`NamedSolver` for the solvers of per-sample losses a config can choose."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, NamedSolver] = {}
+
+    def register(self, name: str, *, line_search: bool = False) -> Callable[[MinimizeFn], MinimizeFn]:
+        """Decorator registering ``minimize`` under ``name``."""
+
+        def deco(minimize: MinimizeFn) -> MinimizeFn:
+            if name in self._entries:
+                raise ValueError(f"solver {name!r} is registered twice")
+            self._entries[name] = NamedSolver(name, minimize, line_search)
+            return minimize
+
+        return deco
+
+    def get(self, name: str, owner: str = "solver") -> NamedSolver:
+        """The entry called ``name``; ``ValueError`` naming ``owner`` (the config field) and listing the
+        known solvers otherwise."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise ValueError(f"{owner}: unknown solver {name!r}; known: {', '.join(self.names())}") from None
+
+    def names(self) -> tuple[str, ...]:
+        """Every registered name, sorted."""
+        return tuple(sorted(self._entries))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+
+SOLVERS = SolverRegistry()
+"""The solvers of per-sample losses, by name (see the module docstring)."""
+
+
+@SOLVERS.register("adam")
+def _adam(params: list[Tensor], loss_fn: LossFn, iterations: int, options: SolverOptions) -> SolverResult:
+    """Adam (:func:`minimize_adam`; ``lr``, ``lr_final``)."""
+    return minimize_adam(params, loss_fn, iterations=iterations, lr=options.lr, lr_final=options.lr_final)
+
+
+@SOLVERS.register("adamw")
+def _adamw(params: list[Tensor], loss_fn: LossFn, iterations: int, options: SolverOptions) -> SolverResult:
+    """AdamW (:func:`minimize_adam` with ``weight_decay``; ``lr``, ``lr_final``)."""
+    return minimize_adam(params, loss_fn, iterations=iterations, lr=options.lr, lr_final=options.lr_final,
+                         weight_decay=options.weight_decay)
+
+
+@SOLVERS.register("lbfgs", line_search=True)
+def _lbfgs(params: list[Tensor], loss_fn: LossFn, iterations: int, options: SolverOptions) -> SolverResult:
+    """L-BFGS with a strong-Wolfe line search (:func:`minimize_lbfgs`; ``lr``, ``history``)."""
+    return minimize_lbfgs(params, loss_fn, iterations=iterations, lr=options.lr, history=options.history)
 
 
 def similarity_align(source: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -40,7 +40,7 @@ SMPL's wrists 20 / 21 like every other body joint.
 body pose, betas and translation, minimising the squared distance of a fixed random subset of SMPL-X
 vertices (``refine_vertices``) to their correspondence targets on the source SMPL mesh. The default is
 Levenberg-Marquardt with the closed-form Jacobian of
-:meth:`fitting.transfer_posing.PartialModel.forward_with_jacobian` (rotations updated on the manifold,
+:meth:`model.partial.PartialModel.forward_with_jacobian` (rotations updated on the manifold,
 ``R <- R exp(delta)``), which reaches the kit's floor in about 3 iterations.
 
 **Error** (:meth:`SmplToSmplx.vertex_error_mm`): mean over all SMPL-X vertices of the distance to the
@@ -66,14 +66,21 @@ import torch
 from torch import Tensor, nn
 
 from fitting.priors import sample_body_pose
-from fitting.solvers import SolverResult, State, minimize_adam, minimize_lbfgs, minimize_levenberg_marquardt
-from fitting.transfer_posing import PartialModel, pose_rotmats, shape_coefficients
+from fitting.solvers import SOLVERS, SolverOptions, SolverResult, State, minimize_lbfgs, minimize_levenberg_marquardt
 from model.assets.catalog import asset_file
 from model.assets.files import file_sha256, write_bytes_atomic, write_npz
 from model.assets.layouts import SMPL_PARENTS
 from model.assets.loaders import load_deformation_transfer
 from model.body_models import SMPL, SMPLX
-from model.rotations import quat_to_rotvec, rotmat_to_quat, rotmat_to_rotvec, rotvec_to_rotmat
+from model.partial import PartialModel
+from model.rotations import (
+    quat_multiply,
+    quat_to_rotvec,
+    rotmat_to_quat,
+    rotmat_to_rotvec,
+    rotvec_to_quat,
+    rotvec_to_rotmat,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +97,11 @@ FINGER_ROOTS = (0, 3, 6, 9, 12)
 thumb1)."""
 MODES = ("composed", "additive")
 HAND_JOINT_MODES = ("fingers", "drop")
-SOLVERS = ("levenberg_marquardt", "adam", "lbfgs")
+LEVENBERG_MARQUARDT = "levenberg_marquardt"
+"""The refinement solver with the closed-form Jacobian (the default)."""
+REFINE_SOLVERS = (LEVENBERG_MARQUARDT, *SOLVERS.names())
+"""Values of :attr:`TransferConfig.refine_solver`: Levenberg-Marquardt, or a solver of
+:data:`fitting.solvers.SOLVERS` on autograd gradients."""
 GENDERS = ("neutral", "male", "female")
 SMPLX_OUTPUTS = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose", "betas", "transl")
 """Keys of the SMPL-X parameter dicts this module returns."""
@@ -111,15 +122,17 @@ class TransferConfig:
     """Correspondence targets include the normal offsets of the deformation-transfer matrix (second half)."""
     refine_iterations: int = 3
     """Refinement iterations after the closed form (0: closed form only)."""
-    refine_solver: str = "levenberg_marquardt"
+    refine_solver: str = LEVENBERG_MARQUARDT
     """Refinement solver: ``levenberg_marquardt`` (closed-form Jacobian of the skinned subset vertices, see
-    :meth:`fitting.transfer_posing.PartialModel.forward_with_jacobian`), ``adam`` or ``lbfgs`` (autograd)."""
+    :meth:`model.partial.PartialModel.forward_with_jacobian`), or ``adam``, ``adamw`` or ``lbfgs`` of
+    :data:`fitting.solvers.SOLVERS` (autograd; no weight decay, so ``adamw`` runs as ``adam``)."""
     refine_chunk: int = 256
     """Samples refined together (bounds the memory of the Levenberg-Marquardt Jacobians)."""
     refine_vertices: int = 512
     """SMPL-X vertices (a fixed random subset) whose distance the refinement minimises."""
     refine_lr: float = 0.01
-    """Step size of the ``adam`` refinement (radians / metres / beta units per step)."""
+    """Step size of the ``adam`` / ``adamw`` refinement (radians / metres / beta units per step); ``lbfgs``
+    finds its steps by a line search from a unit trial step."""
     calibration_samples: int = 48
     """Random plausible poses and shapes (plus the rest pose) the rotation offsets are fitted on."""
     calibration_iterations: int = 40
@@ -136,7 +149,7 @@ class TransferConfig:
 
     def __post_init__(self) -> None:
         for name, allowed in (("gender", GENDERS), ("mode", MODES), ("hand_joints", HAND_JOINT_MODES),
-                              ("refine_solver", SOLVERS)):
+                              ("refine_solver", REFINE_SOLVERS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TransferConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("refine_vertices", "calibration_samples", "calibration_vertices", "calibration_rounds"):
@@ -237,25 +250,6 @@ class Correspondence(nn.Module):
             normals = face_n[:, self.ring].sum(2)
             points = torch.cat([points, normals / normals.norm(dim=-1, keepdim=True).clamp(min=1e-12)], dim=1)
         return (points[:, self.cols] * self.weights[..., None]).sum(-2)
-
-
-def rotvec_to_quat(rotvec: Tensor) -> Tensor:
-    """Axis-angle ``[..., 3]`` to unit quaternions ``(x, y, z, w)`` ``[..., 4]`` (series near zero)."""
-    theta_sq = (rotvec * rotvec).sum(-1, keepdim=True)
-    small = theta_sq < 1e-6
-    theta = torch.where(small, torch.ones_like(theta_sq), theta_sq).sqrt()
-    half_sinc = torch.where(small, 0.5 - theta_sq / 48.0, torch.sin(0.5 * theta) / theta)  # sin(t/2) / t
-    w = torch.where(small, 1.0 - theta_sq / 8.0, torch.cos(0.5 * theta))
-    return torch.cat([rotvec * half_sinc, w], dim=-1)
-
-
-def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
-    """Hamilton product ``a b`` of quaternions ``(x, y, z, w)`` ``[..., 4]`` (rotation ``b`` first, then ``a``)."""
-    av, aw = a[..., :3], a[..., 3:]
-    bv, bw = b[..., :3], b[..., 3:]
-    vec = aw * bv + bw * av + torch.linalg.cross(av.expand_as(bv) if av.dim() < bv.dim() else av,
-                                                 bv.expand_as(av) if bv.dim() < av.dim() else bv, dim=-1)
-    return torch.cat([vec, aw * bw - (av * bv).sum(-1, keepdim=True)], dim=-1)
 
 
 @dataclass(frozen=True)
@@ -407,8 +401,8 @@ def _smplx_mesh(part: PartialModel, params: Mapping[str, Tensor]) -> Tensor:
     n = params["betas"].shape[0]
     model = part.model
     pose = ("global_orient", "body_pose", "left_hand_pose", "right_hand_pose")
-    rot = pose_rotmats(model, {k: params[k] for k in pose}, n)
-    vertices, _, _ = part(shape_coefficients(model, {"betas": params["betas"]}, n), rot, params["transl"])
+    rot = model.local_rotmats({k: params[k] for k in pose}, n)
+    vertices, _, _ = part(model.shape_coefficients({"betas": params["betas"]}, n), rot, params["transl"])
     return vertices
 
 
@@ -622,9 +616,9 @@ class SmplToSmplx(nn.Module):
                 verts = self.smpl(betas=betas, global_orient=global_orient, body_pose=body_pose, transl=transl).vertices
                 return self.correspondence(verts)
             n = len(betas)
-            rot = pose_rotmats(self.smpl, {"global_orient": global_orient, "body_pose": body_pose}, n)
+            rot = self.smpl.local_rotmats({"global_orient": global_orient, "body_pose": body_pose}, n)
             shift = transl if transl is not None else betas.new_zeros(n, 3)
-            verts = self.refine_source(shape_coefficients(self.smpl, {"betas": betas}, n), rot, shift)[0]
+            verts = self.refine_source(self.smpl.shape_coefficients({"betas": betas}, n), rot, shift)[0]
             return self.refine_correspondence(verts)
 
     def vertex_error_mm(self, params: Mapping[str, Tensor], targets: Tensor) -> Tensor:
@@ -658,8 +652,9 @@ class SmplToSmplx(nn.Module):
                       iterations: int) -> tuple[dict[str, Tensor], SolverResult]:
         free = ("global_orient", "body_pose", "betas", "transl")
         hands = {k: params[k].detach() for k in ("left_hand_pose", "right_hand_pose")}
-        if self.config.refine_solver == "levenberg_marquardt":
+        if self.config.refine_solver == LEVENBERG_MARQUARDT:
             return self._refine_lm(params, hands, targets, iterations)
+        solver = SOLVERS.get(self.config.refine_solver, "TransferConfig.refine_solver")
         variables = [params[k].detach().clone().requires_grad_(True) for k in free]
         scale = 1.0 / targets.shape[1]
 
@@ -667,10 +662,8 @@ class SmplToSmplx(nn.Module):
             diff = (_smplx_mesh(self.refine_part, dict(zip(free, variables)) | hands) - targets) * 1000.0
             return (diff * diff).sum((-2, -1)) * scale
 
-        if self.config.refine_solver == "adam":
-            result = minimize_adam(variables, loss, iterations=iterations, lr=self.config.refine_lr)
-        else:
-            result = minimize_lbfgs(variables, loss, iterations=iterations)
+        options = SolverOptions() if solver.line_search else SolverOptions(lr=self.config.refine_lr)
+        result = solver.minimize(variables, loss, iterations, options)
         return dict(zip(free, (v.detach() for v in variables))) | hands, result
 
     def _refine_lm(self, params: Mapping[str, Tensor], hands: Mapping[str, Tensor], targets: Tensor,
@@ -678,14 +671,14 @@ class SmplToSmplx(nn.Module):
         model = self.refine_part.model
         n = len(targets)
         num_betas = params["betas"].shape[-1]
-        rest = pose_rotmats(model, dict(hands), n)[:, NUM_BODY_JOINTS:]  # [N, J - 22, 3, 3] fixed joints
+        rest = model.local_rotmats(dict(hands), n)[:, NUM_BODY_JOINTS:]  # [N, J - 22, 3, 3] fixed joints
         state: State = {
             "rot": rotvec_to_rotmat(torch.cat([params["global_orient"][:, None], params["body_pose"]], 1)),
             "betas": params["betas"].detach(), "transl": params["transl"].detach()}
 
         def linearize(s: State, with_jacobian: bool) -> tuple[Tensor, Tensor | None]:
             rot = torch.cat([s["rot"], rest], 1)
-            coeffs = shape_coefficients(model, {"betas": s["betas"]}, n)
+            coeffs = model.shape_coefficients({"betas": s["betas"]}, n)
             if not with_jacobian:
                 return ((self.refine_part(coeffs, rot, s["transl"])[0] - targets) * 1000.0).reshape(n, -1), None
             verts, jac = self.refine_part.forward_with_jacobian(coeffs, rot, s["transl"], range(NUM_BODY_JOINTS),

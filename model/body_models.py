@@ -20,6 +20,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -311,6 +312,19 @@ def _buffer(array: np.ndarray, dtype: torch.dtype = torch.float32) -> Tensor:
     return torch.as_tensor(np.ascontiguousarray(array), dtype=dtype)
 
 
+class PosedSkeleton(NamedTuple):
+    """A posed kinematic tree and the skinning transforms it gives (:meth:`SkinnedModel.skeleton`)."""
+
+    rest_joints: Tensor
+    """[N, J, 3] joints of the shaped rest pose."""
+    world_rot: Tensor
+    """[N, J, 3, 3] world rotation of every joint."""
+    joints: Tensor
+    """[N, J, 3] posed joints."""
+    transforms: Tensor
+    """[N, J, 4, 3] rest-to-posed affine maps (:func:`skinning_transforms`)."""
+
+
 class SkinnedModel(nn.Module):
     """Shared machinery of SMPL, SMPL-X, FLAME and MANO: buffers, parameter layout, forward.
 
@@ -375,13 +389,46 @@ class SkinnedModel(nn.Module):
     def _flatten(self, given: Mapping[str, Tensor | None]) -> tuple[torch.Size, dict[str, Tensor]]:
         return flatten_params(self.param_specs(), given, self.v_template.dtype, self.v_template.device)
 
-    def _coefficients(self, flat: Mapping[str, Tensor]) -> Tensor:
-        return torch.cat([flat[name] for name in self.shape_sizes], dim=-1)  # [N, S]
+    def shape_coefficients(self, coeffs: Mapping[str, Tensor], batch: int) -> Tensor:
+        """Concatenated shape (and expression) coefficients ``[N, S]`` in the basis order of :attr:`shape_sizes`.
 
-    def _local_rotmats(self, flat: Mapping[str, Tensor]) -> Tensor:
+        coeffs  # name -> [N, <=size] for the names of ``shape_sizes``; missing or short ones are zero-padded
+        """
+        ref = self.v_template
+        parts = []
+        for name, size in self.shape_sizes.items():
+            value = coeffs.get(name)
+            if value is None:
+                value = torch.zeros(batch, size, dtype=ref.dtype, device=ref.device)
+            elif value.shape[-1] < size:
+                value = torch.nn.functional.pad(value, (0, size - value.shape[-1]))
+            parts.append(value)
+        return torch.cat(parts, dim=-1)
+
+    def local_rotmats(self, rotvecs: Mapping[str, Tensor], batch: int) -> Tensor:
+        """Local joint rotations ``[N, J, 3, 3]`` from the pose parameters of :attr:`POSE_LAYOUT` (axis-angle),
+        in joint order.
+
+        rotvecs  # name -> [N, 3] or [N, count, 3] for the names of ``POSE_LAYOUT``; missing ones are zero
+        """
+        ref = self.v_template
+        parts = []
+        for name, count in self.POSE_LAYOUT:
+            value = rotvecs.get(name)
+            if value is None:
+                parts.append(torch.zeros(batch, count, 3, dtype=ref.dtype, device=ref.device))
+            else:
+                parts.append(value.reshape(batch, count, 3))
+        unknown = set(rotvecs) - {name for name, _ in self.POSE_LAYOUT}
+        if unknown:
+            raise KeyError(f"{self.NAME} has no pose parameter(s) {sorted(unknown)}")
+        return rotvec_to_rotmat(torch.cat(parts, dim=1))
+
+    def _shape_and_pose(self, flat: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Coefficients ``[N, S]`` and local rotations ``[N, J, 3, 3]`` of flattened parameters (every name given)."""
         n = flat["transl"].shape[0]
-        rotvecs = torch.cat([flat[name].reshape(n, count, 3) for name, count in self.POSE_LAYOUT], dim=1)
-        return rotvec_to_rotmat(rotvecs)  # [N, J, 3, 3]
+        coeffs = self.shape_coefficients({name: flat[name] for name in self.shape_sizes}, n)
+        return coeffs, self.local_rotmats({name: flat[name] for name, _ in self.POSE_LAYOUT}, n)
 
     def rest_joints(self, coeffs: Tensor) -> Tensor:
         """Rest-pose joints of shaped models, ``[N, J, 3]`` (``coeffs  # [N, S]``)."""
@@ -404,11 +451,20 @@ class SkinnedModel(nn.Module):
         *extra: tuple[Tensor, Tensor],  # further blend shapes, as rest_points()
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Vertices ``[N, V, 3]``, joints ``[N, J, 3]`` and joint world rotations ``[N, J, 3, 3]``."""
+        skeleton = self.skeleton(coeffs, local_rotmats)
+        points = self.rest_points(coeffs, local_rotmats, *extra)
+        vertices = blend_skinning(points, self.lbs_weights, skeleton.transforms)
+        return vertices, skeleton.joints, skeleton.world_rot
+
+    def skeleton(
+        self,
+        coeffs: Tensor,  # [N, S]
+        local_rotmats: Tensor,  # [N, J, 3, 3]
+    ) -> PosedSkeleton:
+        """The shaped rest joints, posed down the kinematic tree, and their skinning transforms."""
         rest = self.rest_joints(coeffs)
         world_rot, joints = self.tree.chain(local_rotmats, rest)
-        transforms = skinning_transforms(world_rot, joints, rest)
-        vertices = blend_skinning(self.rest_points(coeffs, local_rotmats, *extra), self.lbs_weights, transforms)
-        return vertices, joints, world_rot
+        return PosedSkeleton(rest, world_rot, joints, skinning_transforms(world_rot, joints, rest))
 
     def _output(self, batch: torch.Size, vertices: Tensor, joints: Tensor, world_rot: Tensor,
                 transl: Tensor, **landmarks: Tensor | None) -> BodyModelOutput:
@@ -426,7 +482,7 @@ class SkinnedModel(nn.Module):
 
     def _forward(self, given: Mapping[str, Tensor | None]) -> BodyModelOutput:
         batch, flat = self._flatten(given)
-        vertices, joints, world_rot = self.pose(self._coefficients(flat), self._local_rotmats(flat))
+        vertices, joints, world_rot = self.pose(*self._shape_and_pose(flat))
         return self._output(batch, vertices, joints, world_rot, flat["transl"])
 
 
@@ -662,7 +718,7 @@ class FLAME(SkinnedModel):
             jaw_pose=jaw_pose, eye_pose=eye_pose, eyelids=eyelids, transl=transl,
         ))
         eyelid_terms = self.eyelid_terms(None if eyelids is None else flat["eyelids"])
-        vertices, joints, world_rot = self.pose(self._coefficients(flat), self._local_rotmats(flat), *eyelid_terms)
+        vertices, joints, world_rot = self.pose(*self._shape_and_pose(flat), *eyelid_terms)
         lmk68, lmk_mp = self.face_landmarks(vertices, world_rot[:, self.NECK])
         return self._output(batch, vertices, joints, world_rot, flat["transl"],
                             landmarks68=lmk68, landmarks_mediapipe=lmk_mp)

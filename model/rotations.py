@@ -8,12 +8,17 @@ Conventions (the same as roma and ``scipy.spatial.transform.Rotation``):
 - the 6D representation (Zhou et al. 2019, as in HMR2) is the first two columns of the matrix,
   concatenated: ``[R[..., :, 0], R[..., :, 1]]``.
 
-Every function is differentiable with finite gradients everywhere, including the zero rotation, and
-``rotmat_to_rotvec`` stays accurate near angles of 0 and pi.
+Every conversion is differentiable with finite gradients everywhere, including the zero rotation, and
+``rotmat_to_rotvec`` stays accurate near angles of 0 and pi. Beside the conversions: the quaternion
+product, the rotation between two directions, the angle between two rotations and the mirror image of a
+rotation.
 """
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -56,6 +61,36 @@ def rotvec_to_rotmat(rotvec: Tensor) -> Tensor:
     k = skew(rotvec)
     eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
     return eye + a * k + b * (k @ k)
+
+
+def rotvec_to_quat(rotvec: Tensor) -> Tensor:
+    """Axis-angle vectors to unit quaternions ``(x, y, z, w)`` (series near zero); ``w >= 0`` for angles up to pi.
+
+    rotvec   # [..., 3] axis * angle (rad)
+    returns  # [..., 4]
+    """
+    _check_last_dims("rotvec", rotvec, (3,))
+    theta_sq = (rotvec * rotvec).sum(-1, keepdim=True)
+    small = theta_sq < _SMALL_ANGLE_SQ
+    theta = torch.where(small, torch.ones_like(theta_sq), theta_sq).sqrt()
+    half_sinc = torch.where(small, 0.5 - theta_sq / 48.0, torch.sin(0.5 * theta) / theta)  # sin(t/2) / t
+    w = torch.where(small, 1.0 - theta_sq / 8.0, torch.cos(0.5 * theta))
+    return torch.cat([rotvec * half_sinc, w], dim=-1)
+
+
+def quat_multiply(a: Tensor, b: Tensor) -> Tensor:
+    """Hamilton product ``a b`` of quaternions ``(x, y, z, w)`` (rotation ``b`` first, then ``a``).
+
+    a, b     # [..., 4], leading dimensions broadcast
+    returns  # [..., 4]
+    """
+    _check_last_dims("a", a, (4,))
+    _check_last_dims("b", b, (4,))
+    av, aw = a[..., :3], a[..., 3:]
+    bv, bw = b[..., :3], b[..., 3:]
+    vec = aw * bv + bw * av + torch.linalg.cross(av.expand_as(bv) if av.dim() < bv.dim() else av,
+                                                 bv.expand_as(av) if bv.dim() < av.dim() else bv, dim=-1)
+    return torch.cat([vec, aw * bw - (av * bv).sum(-1, keepdim=True)], dim=-1)
 
 
 def rotmat_to_quat(rotmat: Tensor) -> Tensor:
@@ -154,3 +189,46 @@ def rotmat_to_rot6d(rotmat: Tensor) -> Tensor:
     """
     _check_last_dims("rotmat", rotmat, (3, 3))
     return torch.cat([rotmat[..., :, 0], rotmat[..., :, 1]], dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rotations between directions and rotations; mirror images
+# --------------------------------------------------------------------------------------------------
+
+
+def rotation_between(a: Tensor, b: Tensor) -> Tensor:
+    """Axis-angle ``[..., 3]`` of the smallest rotation turning direction ``a`` onto direction ``b``.
+
+    a, b  # [..., 3] (any non-zero length); opposite directions get a half turn about an axis
+          # perpendicular to ``a``
+    """
+    a = a / a.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    b = b / b.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+    cross = torch.linalg.cross(a, b, dim=-1)
+    sin = cross.norm(dim=-1, keepdim=True)
+    cos = (a * b).sum(-1, keepdim=True)
+    angle = torch.atan2(sin, cos)
+    # any axis perpendicular to a, for the antiparallel case
+    helper = torch.where(a[..., :1].abs() < 0.9, a.new_tensor((1.0, 0.0, 0.0)), a.new_tensor((0.0, 1.0, 0.0)))
+    perpendicular = torch.linalg.cross(a, helper.expand_as(a), dim=-1)
+    axis = torch.where(sin > 1e-9, cross, perpendicular)
+    return axis / axis.norm(dim=-1, keepdim=True).clamp(min=1e-12) * angle
+
+
+def rotation_angle(a: Tensor, b: Tensor) -> Tensor:
+    """Angle (rad) of the rotation between axis-angle rotations ``a`` and ``b  # [..., 3]`` -> ``[...]``."""
+    relative = rotvec_to_rotmat(a).transpose(-1, -2) @ rotvec_to_rotmat(b)
+    cos = ((relative.diagonal(dim1=-2, dim2=-1).sum(-1) - 1.0) / 2.0).clamp(-1.0, 1.0)
+    return torch.arccos(cos)
+
+
+ArrayOrTensor = TypeVar("ArrayOrTensor", Tensor, np.ndarray)
+
+
+def mirror_rotvec(rotvec: ArrayOrTensor) -> ArrayOrTensor:
+    """Axis-angle ``rotvec  # [..., 3]`` of the mirror image through x = 0: ``(x, y, z) -> (x, -y, -z)``
+    (a right hand's rotations <-> a left hand's). Takes a torch tensor or a numpy array and returns a new
+    one of the same kind, dtype and device (differentiable for tensors)."""
+    mirrored = -rotvec
+    mirrored[..., 0] = rotvec[..., 0]
+    return mirrored

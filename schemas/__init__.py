@@ -2,7 +2,8 @@
 
 The record is defined once, in :mod:`schemas.ehm_v1` (:data:`FIELDS`); the Arrow/Parquet schema
 (:mod:`schemas.arrow`) and the WebDataset member/codec map (:mod:`schemas.wds`) are derived from it.
-pyarrow is only imported when an Arrow function is called.
+pyarrow is only imported when an Arrow function is called. The keypoint layouts of the record are in
+:mod:`schemas.keypoints`; :mod:`schemas.docs` writes the field tables of ``docs/schema.md``.
 """
 
 from schemas.arrow import CROP_COLUMN, SCHEMA_VERSION_KEY, arrow_schema, arrow_to_columns, records_to_arrow

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from annotators.base import STAGES, Batch, good_rows
-from annotators.hands.mano_ik import FitStage, FitStageConfig
+from annotators.base import STAGES, FitStage, FitStageConfig, good_rows
+from annotators.batches import Batch
 from fitting.face_fit import NUM_MEDIAPIPE_LANDMARKS, FaceFitOptions, FaceLandmarks, solve_face_fit
 from fitting.hand_ik import fit_confidence
 from model.body_models import FLAME
@@ -45,7 +45,7 @@ FACE_FIELDS = ("flame_shape", "flame_expression", "flame_jaw_pose", "flame_eye_p
 @dataclass(frozen=True)
 class FlameFitConfig(FitStageConfig, FaceFitOptions):
     """Settings of the ``face/flame-fit`` stage: the solver's (:class:`fitting.face_fit.FaceFitOptions`) and
-    the stage's (:class:`annotators.hands.mano_ik.FitStageConfig`)."""
+    the stage's (:class:`annotators.base.FitStageConfig`)."""
 
     num_shape: int = 100
     """Shape coefficients fitted (of FLAME's 300)."""
@@ -65,11 +65,13 @@ class FlameFitStage(FitStage):
 
     name = "face"
     config_class = FlameFitConfig
-    inputs = ("mp_face_landmarks", "has_face")
+    required = ("mp_face_landmarks", "has_face")
+    requirement_hint = "run a keypoints stage first"
     outputs = FACE_FIELDS
 
     def build_layer(self) -> FaceLandmarks:
-        return FaceLandmarks(FLAME.from_dir(self.config.body_models), self.config.num_shape, self.config.num_expression)
+        flame = FLAME.from_dir(self.context.body_model_folder(self.name))
+        return FaceLandmarks(flame, self.config.num_shape, self.config.num_expression)
 
     def __call__(self, batch: Batch) -> Batch:
         n, out = self.start(batch)
@@ -78,7 +80,7 @@ class FlameFitStage(FitStage):
         for i in np.flatnonzero(good_rows(batch) & np.asarray(batch["has_face"], bool)):
             reason = _landmark_problem(np.asarray(batch["mp_face_landmarks"][i], np.float64))
             if reason:
-                self.refuse(batch, i, reason)
+                self.fail(batch, i, reason)
                 continue
             rows.append(i)
         if rows:
@@ -90,7 +92,7 @@ class FlameFitStage(FitStage):
         """Solve the faces ``landmarks  # [F, 478, 3]`` of ``rows  # [F]`` into ``out``."""
         cfg = self.config
         for part, target in self.chunks(rows, landmarks):
-            result = solve_face_fit(self.layer(), target, cfg)
+            result = solve_face_fit(self.layer, target, cfg)
             fit_conf = fit_confidence(result.rmse_px / result.face_size, cfg.residual_scale).cpu().numpy()
             out["flame_shape"][part, : cfg.num_shape] = result.shape.cpu().numpy()
             out["flame_expression"][part, : cfg.num_expression] = result.expression.cpu().numpy()

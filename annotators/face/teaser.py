@@ -30,17 +30,19 @@ from typing import Any
 import cv2
 import numpy as np
 
-from annotators.base import Batch, StageResources, STAGES
-from annotators.wholebody_onnx import CropStage, rgb_image
+import schemas
+from annotators.base import STAGES, Stage, StageResources, resource
+from annotators.batches import Batch
+from annotators.images import check_rgb_image
 from model.checkpoints import OnnxModel, TorchModel
 from model.networks.mobilenetv3 import MobileNetV3Config
 from model.networks.teaser import TEASER_INPUT_SIZE, load_teaser
+from schemas.keypoints import NUM_FACE_LANDMARKS
 
 log = logging.getLogger(__name__)
 
-NUM_MP_LANDMARKS = 478
-FLAME_SHAPE_DIM = 300
-FLAME_EXPRESSION_DIM = 100
+FLAME_SHAPE_DIM = schemas.field("flame_shape").shape[0]
+FLAME_EXPRESSION_DIM = schemas.field("flame_expression").shape[0]
 TEASER_REQUIRED_OUTPUTS = ("shape_params", "expression_params", "jaw_params", "eyelid_params")
 """Outputs the face stage reads from either backend."""
 
@@ -114,39 +116,31 @@ class TeaserOnnxStageConfig(FaceCropConfig):
                              "(docs/reference_backends.md)")
 
 
-def face_placeholders(n: int) -> Batch:
-    """Columns of ``n`` rows without a face."""
-    return {
-        "flame_shape": np.zeros((n, FLAME_SHAPE_DIM), np.float32),
-        "flame_expression": np.zeros((n, FLAME_EXPRESSION_DIM), np.float32),
-        "flame_jaw_pose": np.zeros((n, 3), np.float32),
-        "flame_eyelids": np.zeros((n, 2), np.float32),
-        "has_face": np.zeros(n, bool),
-        "conf_face": np.zeros(n, np.float32),
-    }
+OUTPUT_FIELDS = ("flame_shape", "flame_expression", "flame_jaw_pose", "flame_eye_pose", "flame_eyelids", "head_scale",
+                 "has_face", "conf_face")
+"""Record fields the stage writes (``flame_eye_pose`` and ``head_scale`` stay at their fills: TEASER predicts
+neither; rows without a face keep the schema's fill values)."""
 
 
-class _TeaserStageBase(CropStage):
-    """Crops, batching and output mapping; subclasses open the network (:meth:`model`)."""
+class _TeaserStageBase(Stage):
+    """Crops, batching and output mapping; subclasses open the network (their :attr:`model` resource)."""
 
     name = "face"
     resources = StageResources(num_cpus=1.0, batch_size=32)
     """Default actor resources (give the stage ``num_gpus`` in the job config on a GPU cluster)."""
     required = ("image", "mp_face_landmarks", "has_face")
-
-    def model(self) -> TorchModel | OnnxModel:
-        raise NotImplementedError
+    outputs = OUTPUT_FIELDS
+    model: Any
 
     def __call__(self, batch: Batch) -> Batch:
-        n = self.check_columns(batch)
-        out = face_placeholders(n)
+        n, out = self.start(batch)
         conf_in = np.asarray(batch["conf_face"], np.float32) if "conf_face" in batch else np.ones(n, np.float32)
         with_face = np.asarray(batch["has_face"], bool)
-        done = self.prepare(batch, lambda i: self._crop(batch["image"][i], batch["mp_face_landmarks"][i]), with_face)
+        done = self.per_row(batch, lambda i: self._crop(batch["image"][i], batch["mp_face_landmarks"][i]), with_face)
         if done:
             r = np.array([i for i, _ in done])
             x = np.ascontiguousarray(np.stack([c for _, c in done]).transpose(0, 3, 1, 2), np.float32) / 255.0
-            pred = self.model()(x, self.config.batch_size)
+            pred = self.model(x, self.config.batch_size)
             out["flame_shape"][r] = pad_to(pred["shape_params"], FLAME_SHAPE_DIM, "shape_params")
             out["flame_expression"][r] = pad_to(pred["expression_params"], FLAME_EXPRESSION_DIM, "expression_params")
             out["flame_jaw_pose"][r] = pred["jaw_params"].reshape(len(r), 3)
@@ -158,9 +152,9 @@ class _TeaserStageBase(CropStage):
 
     def _crop(self, image: Any, landmarks: Any) -> np.ndarray:
         """224 px RGB uint8 face crop of one row."""
-        image = rgb_image(image)
+        image = check_rgb_image(image)
         lm = np.asarray(landmarks, np.float64)
-        if lm.shape != (NUM_MP_LANDMARKS, 3) or not np.all(np.isfinite(lm)):
+        if lm.shape != (NUM_FACE_LANDMARKS, 3) or not np.all(np.isfinite(lm)):
             raise ValueError(f"column 'mp_face_landmarks' must hold finite [478, 3] arrays, got {lm.shape}")
         warp = face_crop_warp(lm[:, :2], self.config.crop_scale)
         return cv2.warpAffine(image, warp, (TEASER_INPUT_SIZE, TEASER_INPUT_SIZE), flags=cv2.INTER_LINEAR,
@@ -172,17 +166,17 @@ class TeaserStage(_TeaserStageBase):
     """FLAME shape, expression, jaw and eyelids from the official TEASER checkpoint (module docstring).
 
     Reads ``image``, ``mp_face_landmarks`` ``[478, 3]``, ``has_face`` and (if present) ``conf_face``;
-    adds the columns of :func:`face_placeholders`. The network loads on first use.
+    adds :data:`OUTPUT_FIELDS`. The network loads on first use.
     """
 
     config_class = TeaserStageConfig
 
+    @resource
     def model(self) -> TorchModel:
-        if self._model is None:
-            c = self.config
-            backbones = {k: MobileNetV3Config(arch=tuple(tuple(s) for s in v)) for k, v in c.backbones.items()}
-            self._model = TorchModel(load_teaser(c.checkpoint, backbones), c.device, c.precision)
-        return self._model
+        """The TEASER encoders, loaded once."""
+        c = self.config
+        backbones = {k: MobileNetV3Config(arch=tuple(tuple(s) for s in v)) for k, v in c.backbones.items()}
+        return TorchModel(load_teaser(c.checkpoint, backbones), c.device, c.precision)
 
 
 @STAGES.register("face/teaser-onnx")
@@ -191,10 +185,11 @@ class TeaserOnnxStage(_TeaserStageBase):
 
     config_class = TeaserOnnxStageConfig
 
+    @resource
     def model(self) -> OnnxModel:
-        if self._model is None:
-            self._model = OnnxModel(self.config.onnx, TEASER_REQUIRED_OUTPUTS, self.config.device)
-            size = self._model.spatial_size
-            if size is not None and size != (TEASER_INPUT_SIZE, TEASER_INPUT_SIZE):
-                raise ValueError(f"{self.config.onnx}: expected a 224x224 input, got {size}")
-        return self._model
+        """The exported encoder, opened once."""
+        model = OnnxModel(self.config.onnx, TEASER_REQUIRED_OUTPUTS, self.config.device)
+        size = model.spatial_size
+        if size is not None and size != (TEASER_INPUT_SIZE, TEASER_INPUT_SIZE):
+            raise ValueError(f"{self.config.onnx}: expected a 224x224 input, got {size}")
+        return model

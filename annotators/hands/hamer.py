@@ -36,18 +36,16 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
-from annotators import wholebody as wb
-from annotators.base import Batch, StageResources, STAGES
-from annotators.keypoints import KeypointsConfig, hand_roi_from_pose
-from annotators.wholebody_onnx import CropStage, rgb_image
-from fitting.hand_ik import mirror_rotvec
+from annotators.base import STAGES, Stage, StageResources, resource
+from annotators.batches import Batch
+from annotators.images import check_rgb_image, crop_patch, hand_roi_from_pose
 from model.checkpoints import OnnxModel, TorchModel
 from model.networks.hamer import HAMER_OUTPUTS, IMAGENET_MEAN, IMAGENET_STD, load_hamer
-from model.rotations import rotmat_to_rotvec
+from model.rotations import mirror_rotvec, rotmat_to_rotvec
+from schemas import keypoints as wb
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +84,6 @@ def crop_square(
     center = (box_xyxy[:2] + box_xyxy[2:]) / 2
     side = float(expand_to_aspect_ratio(rescale_factor * (box_xyxy[2:] - box_xyxy[:2]), bbox_shape).max())
     return center, side
-
-
-def crop_patch(image: np.ndarray, center: np.ndarray, side: float, out_size: int) -> np.ndarray:
-    """Square ``side`` px patch around ``center`` (continuous px) warped to ``out_size`` (bilinear, black
-    outside): ``image  # [H, W, 3]`` -> ``[out_size, out_size, 3]``."""
-    s = out_size / side
-    c = np.asarray(center, np.float64) - 0.5  # OpenCV pixel-index coordinates
-    warp = np.array([[s, 0.0, out_size / 2 - s * c[0]], [0.0, s, out_size / 2 - s * c[1]]])
-    return cv2.warpAffine(image, warp, (out_size, out_size), flags=cv2.INTER_LINEAR,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def as_rotvec(values: np.ndarray, joints: int, name: str) -> np.ndarray:
@@ -192,40 +180,32 @@ class HamerOnnxStageConfig(HandCropConfig):
                              f"got {self.input_normalization!r}")
 
 
-def hand_placeholders(n: int) -> Batch:
-    """Columns of ``n`` rows without hands."""
-    return {
-        "mano_global_orient": np.zeros((n, 2, 3), np.float32),
-        "mano_hand_pose": np.zeros((n, 2, 15, 3), np.float32),
-        "mano_betas": np.zeros((n, 2, 10), np.float32),
-        "has_hands": np.zeros((n, 2), bool),
-        "conf_hands": np.zeros((n, 2), np.float32),
-    }
+OUTPUT_FIELDS = ("mano_global_orient", "mano_hand_pose", "mano_betas", "hand_scale", "has_hands", "conf_hands")
+"""Record fields the stage writes (``hand_scale`` stays 1: HaMeR predicts no scale; rows and hands it did not
+annotate keep the schema's fill values)."""
 
 
-class _HamerStageBase(CropStage):
-    """Boxes, crops, batching and un-flipping; subclasses open the network (:meth:`model`, which also
+class _HamerStageBase(Stage):
+    """Boxes, crops, batching and un-flipping; subclasses open the network (:attr:`model`, which also
     sets ``crop_size`` and ``bbox_shape``) and run it (:meth:`_predict`)."""
 
     name = "hands"
     resources = StageResources(num_cpus=1.0, batch_size=32)
     """Default actor resources (give the stage ``num_gpus`` in the job config on a GPU cluster)."""
     required = ("image", "kp2d_wholebody")
+    outputs = OUTPUT_FIELDS
     crop_size: int = HAMER_CROP_SIZE
     bbox_shape: tuple[int, int] | None = (192, 256)
-
-    def model(self) -> Any:
-        raise NotImplementedError
 
     def _predict(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         """uint8 RGB ``crops  # [N, S, S, 3]`` of right hands -> outputs named as :data:`HAMER_OUTPUTS`."""
         raise NotImplementedError
 
     def __call__(self, batch: Batch) -> Batch:
-        out = hand_placeholders(self.check_columns(batch))
-        self.model()
+        _, out = self.start(batch)
+        self.model  # opened first: it sets crop_size and bbox_shape  # noqa: B018
         poses = self.config.pose_boxes and all(c in batch for c in ("mp_pose_landmarks", "has_hands", "conf_hands"))
-        done = self.prepare(batch, lambda i: self._row_crops(
+        done = self.per_row(batch, lambda i: self._row_crops(
             batch["image"][i], batch["kp2d_wholebody"][i],
             (batch["mp_pose_landmarks"][i], batch["has_hands"][i], batch["conf_hands"][i]) if poses else None))
         crops, where = [], []  # where: (row, side)
@@ -256,7 +236,7 @@ class _HamerStageBase(CropStage):
                 conf = float(np.clip(np.asarray(pose[2], np.float64)[side], 0.0, 1.0))
             if box is None:
                 continue
-            image = rgb_image(image)
+            image = check_rgb_image(image)
             center, side_px = crop_square(box, c.rescale_factor, self.bbox_shape)
             if side == 0:  # left hand: crop the mirrored image, where it is a right hand
                 flipped = np.ascontiguousarray(image[:, ::-1]) if flipped is None else flipped
@@ -270,7 +250,7 @@ class _HamerStageBase(CropStage):
         places at its default region scales."""
         if pose.shape != (33, 4) or not np.isfinite(pose).all():
             raise ValueError(f"column 'mp_pose_landmarks' must hold finite [33, 4] arrays, got {pose.shape}")
-        roi = hand_roi_from_pose(pose[:, :2], side, KeypointsConfig.hand_roi_scale, KeypointsConfig.hand_roi_forearm_scale)
+        roi = hand_roi_from_pose(pose[:, :2], side)
         half = roi.size / (2.0 * self.config.rescale_factor)
         return np.array([roi.cx - half, roi.cy - half, roi.cx + half, roi.cy + half])
 
@@ -291,24 +271,24 @@ class _HamerStageBase(CropStage):
 class HamerStage(_HamerStageBase):
     """MANO hands from the official HaMeR checkpoint (see the module docstring).
 
-    Reads ``image`` (RGB uint8 ``[H, W, 3]`` per row) and ``kp2d_wholebody`` (``[133, 3]``); adds the
-    columns of :func:`hand_placeholders`. The network loads on first use.
+    Reads ``image`` (RGB uint8 ``[H, W, 3]`` per row) and ``kp2d_wholebody`` (``[133, 3]``); adds
+    :data:`OUTPUT_FIELDS`. The network loads on first use.
     """
 
     config_class = HamerStageConfig
 
+    @resource
     def model(self) -> TorchModel:
-        if self._model is None:
-            c = self.config
-            network = load_hamer(c.checkpoint, c.model_config or None, c.backbone)
-            self._model = TorchModel(network, c.device, c.precision)
-            self.bbox_shape = network.config.bbox_shape
-            self._mean = np.array(network.config.image_mean, np.float32)
-            self._std = np.array(network.config.image_std, np.float32)
-        return self._model
+        """The HaMeR network, loaded once (sets ``bbox_shape`` and the input normalisation)."""
+        c = self.config
+        network = load_hamer(c.checkpoint, c.model_config or None, c.backbone)
+        self.bbox_shape = network.config.bbox_shape
+        self._mean = np.array(network.config.image_mean, np.float32)
+        self._std = np.array(network.config.image_std, np.float32)
+        return TorchModel(network, c.device, c.precision)
 
     def _predict(self, crops: np.ndarray) -> dict[str, np.ndarray]:
-        return self.model()(normalize_crops(crops, self._mean, self._std), self.config.batch_size)
+        return self.model(normalize_crops(crops, self._mean, self._std), self.config.batch_size)
 
 
 @STAGES.register("hands/hamer-onnx")
@@ -317,19 +297,20 @@ class HamerOnnxStage(_HamerStageBase):
 
     config_class = HamerOnnxStageConfig
 
+    @resource
     def model(self) -> OnnxModel:
-        if self._model is None:
-            c = self.config
-            self._model = OnnxModel(c.onnx, HAMER_OUTPUTS, c.device)
-            size = self._model.spatial_size
-            if size is not None and size[0] != size[1]:
-                raise ValueError(f"{c.onnx}: expected a square input, got {size}")
-            self.crop_size = size[0] if size is not None else c.input_size
-        return self._model
+        """The exported encoder, opened once (sets ``crop_size`` from its input)."""
+        c = self.config
+        model = OnnxModel(c.onnx, HAMER_OUTPUTS, c.device)
+        size = model.spatial_size
+        if size is not None and size[0] != size[1]:
+            raise ValueError(f"{c.onnx}: expected a square input, got {size}")
+        self.crop_size = size[0] if size is not None else c.input_size
+        return model
 
     def _predict(self, crops: np.ndarray) -> dict[str, np.ndarray]:
         if self.config.input_normalization == "imagenet":
             x = normalize_crops(crops, np.array(IMAGENET_MEAN, np.float32), np.array(IMAGENET_STD, np.float32))
         else:
             x = normalize_crops(crops, None, None)
-        return self.model()(x, self.config.batch_size)
+        return self.model(x, self.config.batch_size)

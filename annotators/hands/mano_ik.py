@@ -35,122 +35,31 @@ See ``docs/hands_face.md``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
-import schemas
-from annotators.base import Batch, ErrorPolicy, STAGES, StageResources, batch_len, good_rows, mark_failed
-from annotators.wholebody import POSE_HAND_POINTS
+from annotators.base import STAGES, FitStage, FitStageConfig, good_rows, resource
+from annotators.batches import Batch
 from fitting.hand_ik import HandIkOptions, HandKeypoints, fit_confidence, orient_hand_from_palm, solve_hand_ik
 from model.assets.loaders import load_mean_hand_pose
 from model.body_models import MANO
-from model.checkpoints import torch_device
+from schemas.keypoints import POSE_HAND_POINTS
 
 log = logging.getLogger(__name__)
 
 HAND_FIELDS = ("mano_global_orient", "mano_hand_pose", "mano_betas", "hand_scale", "has_hands", "conf_hands")
 """Columns the stage writes."""
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-@dataclass(frozen=True)
-class FitStageConfig:
-    """Settings shared by the fitting stages ``hands/mano-ik`` and ``face/flame-fit``."""
-
-    body_models: str = ""
-    """Body-model folder in the official layout (the pipeline fills it from ``--body-models``)."""
-    device: str = "auto"
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
-    dtype: str = "float64"
-    """``float64`` or ``float32`` for the solve."""
-    chunk_size: int = 256
-    """Most hands / faces per solve (larger batches are split)."""
-    residual_scale: float = 1.0
-    """Fit error at which the confidence factor is ``exp(-1)`` (unit: see each stage)."""
-
-    def __post_init__(self) -> None:
-        name = type(self).__name__
-        if not self.body_models:
-            raise ValueError(f"{name}.body_models is empty: give the body-model folder (or run through "
-                             "`pearl annotate`, which fills it from --body-models)")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"{name}.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.residual_scale <= 0 or self.chunk_size < 1:
-            raise ValueError(f"{name}.residual_scale must be positive and chunk_size at least 1")
-        check_options = getattr(super(), "__post_init__", None)
-        if check_options is not None:  # the solver options this config also is
-            check_options()
 
 
 @dataclass(frozen=True)
 class ManoIkConfig(FitStageConfig, HandIkOptions):
     """Settings of the ``hands/mano-ik`` stage: the solver's (:class:`fitting.hand_ik.HandIkOptions`) and
-    the stage's (:class:`FitStageConfig`)."""
+    the stage's (:class:`annotators.base.FitStageConfig`)."""
 
     residual_scale: float = 0.015
     """Fit RMSE (metres) at which the confidence factor is ``exp(-1)``."""
-
-
-class FitStage:
-    """What the fitting stages share: the model loads on first use on the configured device (and is left
-    out of pickles), the input columns are checked, outputs start from the schema's fill values, and a
-    row with unusable input fails (or raises, with :attr:`ErrorPolicy.RAISE`)."""
-
-    name = "fit"
-    version = "1"
-    default_backend = True
-    resources = StageResources(num_cpus=0.25, batch_size=64)
-    """Default actor resources (give it ``num_gpus`` in the stage spec to solve on a GPU)."""
-    inputs: tuple[str, ...] = ()
-    """Columns the stage needs."""
-    outputs: tuple[str, ...] = ()
-    """Columns the stage writes."""
-
-    def __init__(self, config: FitStageConfig, policy: ErrorPolicy = ErrorPolicy.QUARANTINE):
-        self.config = config
-        self.policy = policy
-        self._layer: torch.nn.Module | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_layer": None}  # the body model loads on first use, on the worker
-
-    def layer(self) -> Any:
-        """The model layer the solver uses, on the configured device and dtype (built once)."""
-        if self._layer is None:
-            device, dtype = torch_device(self.config.device), DTYPES[self.config.dtype]
-            self._layer = self.build_layer().to(device=device, dtype=dtype)
-        return self._layer
-
-    def build_layer(self) -> torch.nn.Module:
-        """Load the body model and make the solver's layer (subclasses)."""
-        raise NotImplementedError
-
-    def start(self, batch: Batch) -> tuple[int, Batch]:
-        """Row count and the output columns filled with the schema's fill values; checks the inputs."""
-        for col in self.inputs:
-            if col not in batch:
-                raise KeyError(f"{self.name} stage needs a {col!r} column (run a keypoints stage first); "
-                               f"got {sorted(batch)}")
-        n = batch_len(batch)
-        return n, {k: np.repeat(np.asarray(v)[None], n, axis=0) for k, v in schemas.fill_values(self.outputs).items()}
-
-    def chunks(self, where: np.ndarray, values: np.ndarray) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """``(where[i:j], values[i:j])``, ``chunk_size`` at a time, the values as a tensor on the layer's
-        device and dtype (``where  # [M, ...]`` says where each of ``values  # [M, ...]`` goes)."""
-        ref = next(b for b in self.layer().buffers() if b.is_floating_point())
-        for start in range(0, len(where), self.config.chunk_size):
-            stop = start + self.config.chunk_size
-            yield where[start:stop], torch.as_tensor(values[start:stop], dtype=ref.dtype, device=ref.device)
-
-    def refuse(self, batch: Batch, row: int, reason: str) -> None:
-        """Fail ``row`` for ``reason`` (raise under :attr:`ErrorPolicy.RAISE`)."""
-        if self.policy is ErrorPolicy.RAISE:
-            raise ValueError(reason)
-        mark_failed(batch, row, self.name, reason)
 
 
 @STAGES.register("hands/mano-ik")
@@ -164,12 +73,12 @@ class ManoIkStage(FitStage):
 
     name = "hands"
     config_class = ManoIkConfig
-    inputs = ("mp_hand_landmarks_3d", "has_hands")
+    required = ("mp_hand_landmarks_3d", "has_hands")
+    requirement_hint = "run a keypoints stage first"
     outputs = HAND_FIELDS
-    _mean_hand_pose: np.ndarray | None = None
 
     def build_layer(self) -> HandKeypoints:
-        return HandKeypoints(MANO.from_dir(self.config.body_models, "right"))
+        return HandKeypoints(MANO.from_dir(self.context.body_model_folder(self.name), "right"))
 
     def __call__(self, batch: Batch) -> Batch:
         n, out = self.start(batch)
@@ -187,7 +96,7 @@ class ManoIkStage(FitStage):
             if not reason and len(pose_sides):
                 palm, reason = _pose_palms(batch, i, pose_sides)
             if reason:
-                self.refuse(batch, i, reason)
+                self.fail(batch, i, reason)
                 continue
             for side in sides:
                 where.append((i, side))
@@ -202,18 +111,17 @@ class ManoIkStage(FitStage):
         batch.update(out)
         return batch
 
+    @resource
     def mean_hand_pose(self) -> np.ndarray:
         """MANO's mean finger poses ``[2, 15, 3]`` (left, right), read once."""
-        if self._mean_hand_pose is None:
-            self._mean_hand_pose = load_mean_hand_pose(self.config.body_models).astype(np.float32)
-        return self._mean_hand_pose
+        return load_mean_hand_pose(self.context.body_model_folder(self.name)).astype(np.float32)
 
     def _orient(self, out: Batch, where: np.ndarray, palms: np.ndarray, presence: np.ndarray) -> None:
         """Pose-only hands ``palms  # [H, 3, 3]`` at ``where  # [H, 2]`` (row, side) into ``out``."""
-        mean = self.mean_hand_pose()
+        mean = self.mean_hand_pose
         for part, palm in self.chunks(where, palms):
             rows, sides = part.T
-            orient = orient_hand_from_palm(self.layer(), palm, torch.as_tensor(sides == 0, device=palm.device))
+            orient = orient_hand_from_palm(self.layer, palm, torch.as_tensor(sides == 0, device=palm.device))
             out["mano_global_orient"][rows, sides] = orient.cpu().numpy()
             out["mano_hand_pose"][rows, sides] = mean[sides]
             out["has_hands"][rows, sides] = True
@@ -225,7 +133,7 @@ class ManoIkStage(FitStage):
         cfg = self.config
         for part, target in self.chunks(where, targets):
             rows, sides = part.T
-            result = solve_hand_ik(self.layer(), target, torch.as_tensor(sides == 0, device=target.device), cfg)
+            result = solve_hand_ik(self.layer, target, torch.as_tensor(sides == 0, device=target.device), cfg)
             fit_conf = fit_confidence(result.rmse, cfg.residual_scale).cpu().numpy()
             betas = np.zeros((len(rows), out["mano_betas"].shape[-1]), np.float32)
             k = min(betas.shape[1], result.betas.shape[1])

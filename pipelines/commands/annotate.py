@@ -8,12 +8,12 @@ HELP = "annotate images and videos into EHM WebDataset + Parquet shards (Ray; lo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.annotate import add_arguments as job_arguments
+    from pipelines.annotation.job import add_arguments as job_arguments
 
     job_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.annotate import run_cli
+    from pipelines.annotation.job import run_cli
 
     return run_cli(args)

@@ -1,6 +1,6 @@
 """``pearl demo``: pose a few random EHM bodies on a body-model kit and write OBJ meshes + a summary.
 
-The body models are found as by ``pearl annotate`` (:func:`pipelines.body_models.resolve_body_models`):
+The body models are found as by ``pearl annotate`` (:func:`pipelines.io.body_models.resolve_body_models`):
 ``--body-models DIR`` is checked and used as it is; without it (and without ``$PEARL_BODY_MODELS``) the
 synthetic kit is written once to ``$PEARL_CACHE/kits/synthetic-v<kit version>-seed0`` (default cache
 ``~/.cache/pearl``) and reused afterwards.
@@ -15,8 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.body_models import ENV_BODY_MODELS, ENV_CACHE, KIT_SEED, AssetsCheckError, resolve_body_models
-from pipelines.config import ConfigError
+from pipelines.io.body_models import (
+    ENV_BODY_MODELS,
+    ENV_CACHE,
+    KIT_SEED,
+    AssetsCheckError,
+    BodyModelsError,
+    resolve_body_models,
+)
 
 HELP = "pose a few random EHM bodies (SMPL-X + FLAME head + MANO hands) and write OBJ meshes and summary.json"
 
@@ -87,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     except AssetsCheckError as exc:
         log.error("%s", exc)
         return 1
-    except ConfigError as exc:
+    except BodyModelsError as exc:
         log.error("%s", exc)
         return 2
     kit = Path(models.folder)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import schemas
-from annotators.base import STAGES
+from annotators.base import STAGES, StageContext
 from annotators.body import OUTPUT_FIELDS, BodyConfig, BodyStage
 from fitting.camera import default_intrinsics, project
 from fitting.priors import sample_body_pose
@@ -21,9 +21,9 @@ W, H = 640, 480
 
 @pytest.fixture(scope="module")
 def stage(kit_dir, tmp_path_factory) -> BodyStage:
-    config = BodyConfig(body_models=str(kit_dir), cache_dir=str(tmp_path_factory.mktemp("cache")), device="cpu",
+    config = BodyConfig(cache_dir=str(tmp_path_factory.mktemp("cache")), device="cpu",
                         refine_vertices=256, fit_iterations=60, orient_iterations=20)
-    return STAGES.get("body/auto")(config)
+    return STAGES.get("body/auto")(config, context=StageContext(body_models=str(kit_dir)))
 
 
 def _smpl_entry(box, seed: int, transl=None) -> dict:
@@ -114,7 +114,8 @@ def test_label_intrinsics_are_used(stage) -> None:
 
 def test_the_stage_needs_its_columns_and_a_folder(kit_dir) -> None:
     with pytest.raises(KeyError, match="bbox_xyxy"):
-        BodyStage(BodyConfig(body_models=str(kit_dir), device="cpu"))({"sample_key": np.array(["a"], dtype=object)})
-    blank = BodyStage(BodyConfig(body_models="", device="cpu"))
+        BodyStage(BodyConfig(device="cpu"), context=StageContext(body_models=str(kit_dir)))(
+            {"sample_key": np.array(["a"], dtype=object)})
+    blank = BodyStage(BodyConfig(device="cpu"))
     with pytest.raises(ValueError, match="body_models"):
         blank.fitter

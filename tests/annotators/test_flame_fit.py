@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from annotators.base import ERROR_REASON, ERROR_STAGE, STAGES, ErrorPolicy
+from annotators.base import ERROR_REASON, ERROR_STAGE, STAGES, ErrorPolicy, StageContext
 from annotators.face.flame_fit import FACE_FIELDS, FlameFitConfig, FlameFitStage
 from fitting.face_fit import IRIS_CENTRES, solve_face_fit
-from fitting.hand_ik import rotation_angle
+from model.rotations import rotation_angle
 from model.rotations import rotvec_to_rotmat
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -27,12 +27,12 @@ GRACE_HOPPER_EYES = np.array([[306.0, 189.0], [222.0, 191.0]])
 
 @pytest.fixture(scope="module")
 def stage(kit_dir):
-    return FlameFitStage(FlameFitConfig(body_models=str(kit_dir), num_shape=20, num_expression=20))
+    return FlameFitStage(FlameFitConfig(num_shape=20, num_expression=20), context=StageContext(body_models=str(kit_dir)))
 
 
 def known_faces(stage: FlameFitStage, n: int, seed: int):
     """MediaPipe-like landmarks ``[n, 478, 3]`` (float32) of FLAME faces with a known jaw."""
-    layer = stage.layer()
+    layer = stage.layer
     g = torch.Generator().manual_seed(seed)
     jaw = torch.zeros(n, 3, dtype=torch.float64)
     jaw[:, 0] = torch.rand(n, generator=g, dtype=torch.float64) * 0.3
@@ -92,7 +92,7 @@ def test_bad_landmarks_fail_their_row_only(stage):
     assert list(out[ERROR_STAGE]) == ["", "face"] and "NaN or infinite" in out[ERROR_REASON][1]
     np.testing.assert_array_equal(out["has_face"], [True, False])
     with pytest.raises(ValueError, match="mp_face_landmarks"):
-        raising = FlameFitStage(stage.config, policy=ErrorPolicy.RAISE)
+        raising = FlameFitStage(stage.config, policy=ErrorPolicy.RAISE, context=stage.context)
         raising({"mp_face_landmarks": landmarks, "has_face": np.ones(2, bool)})
     with pytest.raises(KeyError, match="has_face"):
         stage({"mp_face_landmarks": landmarks})
@@ -100,14 +100,14 @@ def test_bad_landmarks_fail_their_row_only(stage):
 
 def test_config_is_checked_and_the_stage_pickles(stage, kit_dir):
     with pytest.raises(ValueError, match="body_models"):
-        FlameFitConfig()
+        FlameFitStage(FlameFitConfig()).layer  # no body-model folder in the context
     with pytest.raises(ValueError, match="landmark_sigma"):
-        FlameFitConfig(body_models=str(kit_dir), landmark_sigma=0.0)
+        FlameFitConfig(landmark_sigma=0.0)
     with pytest.raises(ValueError, match="num_shape=400"):
-        FlameFitStage(FlameFitConfig(body_models=str(kit_dir), num_shape=400)).layer()
-    stage.layer()
+        FlameFitStage(FlameFitConfig(num_shape=400), context=stage.context).layer
+    stage.layer
     clone = pickle.loads(pickle.dumps(stage))
-    assert clone._layer is None and clone.config == stage.config
+    assert "layer" not in clone.__dict__ and clone.config == stage.config and clone.context == stage.context
 
 
 def test_grace_hopper_end_to_end(stage):
@@ -128,7 +128,7 @@ def test_grace_hopper_end_to_end(stage):
     assert np.ptp(mesh[:, 0]) > 0.6 * (x1 - x0) and np.ptp(mesh[:, 1]) > 0.6 * (y1 - y0)
     np.testing.assert_allclose(mesh[list(IRIS_CENTRES), :2], GRACE_HOPPER_EYES, atol=15.0)
 
-    batch = ManoIkStage(ManoIkConfig(body_models=stage.config.body_models))(batch)
+    batch = ManoIkStage(ManoIkConfig(), context=stage.context)(batch)
     for side, (wrist, hand_root) in enumerate(((9, 91), (10, 112))):
         kp = batch["kp2d_wholebody"][0]
         if batch["has_hand_landmarks"][0, side]:  # a hand found by the hand model must be at the body's wrist
@@ -142,7 +142,7 @@ def test_grace_hopper_end_to_end(stage):
 
     batch = stage(batch)
     assert batch["has_face"][0] and batch["conf_face"][0] > 0.5 and batch[ERROR_STAGE][0] == ""
-    layer = stage.layer()
+    layer = stage.layer
     result = solve_face_fit(layer, torch.from_numpy(mesh.astype(np.float64))[None], stage.config)
     np.testing.assert_allclose(batch["flame_jaw_pose"][0], result.jaw_pose[0].numpy(), atol=1e-5)
     # the fitted FLAME landmarks reproject near MediaPipe's (the synthetic kit's face is not hers)

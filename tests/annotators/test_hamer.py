@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from annotators import wholebody as wb
+from schemas import keypoints as wb
 from annotators.base import ERROR_REASON, ERROR_STAGE, STAGES, ErrorPolicy
 from annotators.keypoints import hand_roi_from_pose
 from annotators.hands.hamer import (
@@ -21,7 +21,7 @@ from annotators.hands.hamer import (
     crop_square,
     hand_box,
 )
-from fitting.hand_ik import mirror_rotvec
+from model.rotations import mirror_rotvec
 from model.checkpoints import CheckpointError
 from model.networks.hamer import HAMER_OUTPUTS, IMAGENET_MEAN, IMAGENET_STD, HamerNetwork, hamer_config_from_yaml
 from model.networks.vit import ViTConfig

@@ -1,8 +1,10 @@
-"""Image decoding (bad and odd files made here), deterministic JPEG encoding, person-crop geometry."""
+"""Image decoding (bad and odd files made here), deterministic JPEG encoding, person-crop geometry, row checks,
+boxes and regions of interest."""
 
 from __future__ import annotations
 
 import io
+import math
 import struct
 import zlib
 
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from annotators import images
 from annotators.images import ImageDecodeError, crop_person, decode_image, encode_jpeg
 
 RED = (255, 0, 0)
@@ -316,3 +319,59 @@ def test_crop_rejects_bad_arguments():
         crop_person(image, [1, 1, 5, 5], out_size=0)
     with pytest.raises(ValueError, match="image"):
         crop_person(np.zeros((10, 10), np.uint8), [1, 1, 5, 5])
+
+
+# --------------------------------------------------------------------------------------------------
+# Row checks, boxes and regions of interest
+# --------------------------------------------------------------------------------------------------
+
+
+def test_row_checks_name_the_column_and_the_problem():
+    ok = np.zeros((4, 5, 3), np.uint8)
+    assert images.check_rgb_image(ok) is ok
+    with pytest.raises(ValueError, match="column 'image' must hold RGB uint8"):
+        images.check_rgb_image(np.zeros((4, 5), np.uint8))
+    with pytest.raises(ValueError, match="column 'crop' must hold RGB uint8"):
+        images.check_rgb_image(np.zeros((4, 5, 3), np.float32), column="crop")
+    with pytest.raises(ValueError, match="1x4 image; it is too small"):
+        images.check_rgb_image(np.zeros((4, 1, 3), np.uint8), min_side=2)
+    np.testing.assert_array_equal(images.check_person_box([1, 2, 3, 4]), [1.0, 2.0, 3.0, 4.0])
+    with pytest.raises(ValueError, match="non-empty box of 4 finite"):
+        images.check_person_box([1, 2, np.nan, 4])
+    with pytest.raises(ValueError, match="is empty"):
+        images.check_person_box([3, 2, 1, 4])
+    with pytest.raises(ValueError, match="lies outside the 5x4 image"):
+        images.check_person_box([6, 0, 9, 3], image_shape=ok.shape)
+
+
+def test_nms_counts_pixels_inclusively_when_asked():
+    boxes = np.array([[0, 0, 9, 9], [5, 0, 14, 9]], np.float64)
+    # continuous: overlap 4x9 over 9x9 + 9x9 - 36 -> 36/126; inclusive (+1 px): 5x10 over 100+100-50 -> 1/3
+    assert images.box_iou(boxes[:1], boxes[1:])[0, 0] == pytest.approx(36 / 126)
+    assert images.box_iou(boxes[:1], boxes[1:], plus_one=True)[0, 0] == pytest.approx(1 / 3)
+    scores = np.array([0.9, 0.8])
+    assert images.nms(boxes, scores, 0.3).tolist() == [0, 1]
+    assert images.nms(boxes, scores, 0.3, plus_one=True).tolist() == [0]
+    assert images.nms(boxes, np.array([0.5, 0.5]), 0.1).tolist() == [0]  # ties: the lower index wins
+
+
+def test_hand_region_from_the_pose_points_up_the_hand():
+    pose = np.zeros((33, 2))
+    pose[13] = [0.0, 100.0]  # left elbow below the wrist: forearm 100 px
+    pose[15] = [0.0, 0.0]  # left wrist
+    pose[[17, 19]] = [[-2.0, -10.0], [2.0, -10.0]]  # knuckles 10 px above the wrist
+    roi = images.hand_roi_from_pose(pose, 0)
+    assert roi.size == pytest.approx(max(images.HAND_ROI_SCALE * 10.0, images.HAND_ROI_FOREARM_SCALE * 100.0))
+    assert roi.cx == pytest.approx(0.0) and roi.cy == pytest.approx(-0.25 * roi.size)  # a quarter side up
+    assert np.allclose(roi.rotation() @ [0.0, -1.0], [0.0, -1.0])  # crop up = image up
+
+
+def test_roi_warp_and_crop_to_image_agree():
+    image = np.zeros((120, 160, 3), np.uint8)
+    image[40:44, 100:104] = 255  # a bright 4x4 dot centred at (102, 42): continuous pixel coordinates
+    roi = images.Roi(cx=90.0, cy=50.0, size=60.0, angle=math.radians(30))
+    crop, c2i = roi.warp(image, 120)
+    ys, xs = np.nonzero(crop[..., 0] > 128)
+    centre_in_crop = np.array([xs.mean(), ys.mean()]) + 0.5  # pixel centres
+    assert np.allclose(images.affine_points(c2i, centre_in_crop), [102.0, 42.0], atol=0.5)
+    assert np.allclose(images.affine_points(c2i, np.array([60.0, 60.0])), [90.0, 50.0])  # crop centre -> roi centre

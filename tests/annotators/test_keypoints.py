@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from annotators import images
 from annotators import keypoints as kpm
-from annotators import wholebody as wb
+from model import metrics
+from schemas import keypoints as wb
 from annotators.base import ERROR_REASON, ERROR_STAGE, STAGES, ErrorPolicy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,7 +110,7 @@ def test_failed_row_passes_through_with_placeholders(annotated):
 def test_body_on_full_body_person_matches_coco_labels(annotated):
     kp = annotated["kp2d_wholebody"][0]
     assert annotated["has_kp_body"][0] and annotated["conf_body"][0] > 0.8
-    err = np.linalg.norm(kp[wb.BODY, :2] - COCO785_BODY, axis=1) / wb.box_size(COCO785_BOX)
+    err = np.linalg.norm(kp[wb.BODY, :2] - COCO785_BODY, axis=1) / metrics.box_size(COCO785_BOX)
     assert np.mean(err < 0.1) >= 0.9, err.round(3)
     x0, y0, x1, y1 = COCO785_BOX
     assert np.all((kp[:23, 0] > x0 - 20) & (kp[:23, 0] < x1 + 20) & (kp[:23, 1] > y0 - 20) & (kp[:23, 1] < y1 + 20))
@@ -116,7 +118,7 @@ def test_body_on_full_body_person_matches_coco_labels(annotated):
     assert kp[5, 0] > kp[6, 0] and kp[11, 0] > kp[12, 0]
     assert kp[0, 1] < min(kp[5, 1], kp[6, 1])
     # feet: heels and big toes near the ankles, small toes unmapped (confidence 0)
-    foot = 0.15 * wb.box_size(COCO785_BOX)
+    foot = 0.15 * metrics.box_size(COCO785_BOX)
     assert np.all(np.linalg.norm(kp[[17, 19], :2] - kp[15, :2], axis=1) < foot)
     assert np.all(np.linalg.norm(kp[[20, 22], :2] - kp[16, :2], axis=1) < foot)
     assert kp[18, 2] == 0 and kp[21, 2] == 0
@@ -183,10 +185,10 @@ def test_mirrored_image_gives_mirrored_keypoints(stage):
     out = stage(make_batch([coco[:, ::-1], grace[:, ::-1]], [mirrored_box, [0, 0, 512, 600]]))
     ref = stage(make_batch([coco, grace], [COCO785_BOX, [0, 0, 512, 600]]))["kp2d_wholebody"]
     back = wb.flip_keypoints(out["kp2d_wholebody"], width)
-    body_err = np.linalg.norm(back[0, wb.BODY, :2] - ref[0, wb.BODY, :2], axis=1) / wb.box_size(COCO785_BOX)
+    body_err = np.linalg.norm(back[0, wb.BODY, :2] - ref[0, wb.BODY, :2], axis=1) / metrics.box_size(COCO785_BOX)
     assert np.median(body_err) < 0.03 and back[0, 5, 0] > back[0, 6, 0]
     back_face = wb.flip_keypoints(out["kp2d_wholebody"][1:], 512)[0, wb.FACE]
-    face_err = np.linalg.norm(back_face[:, :2] - ref[1, wb.FACE, :2], axis=1) / wb.interocular(ref[1, wb.FACE])
+    face_err = np.linalg.norm(back_face[:, :2] - ref[1, wb.FACE, :2], axis=1) / metrics.interocular(ref[1, wb.FACE])
     assert face_err.mean() < 0.06, face_err.round(3)  # the 68-point mapping is left/right symmetric
 
 
@@ -230,9 +232,9 @@ def test_config_is_checked():
 
 def test_stage_pickles_before_and_after_use(stage, annotated):
     fresh = pickle.loads(pickle.dumps(kpm.KeypointsStage()))
-    assert fresh._models is None
+    assert "models" not in fresh.__dict__
     used = pickle.loads(pickle.dumps(stage))  # the MediaPipe graphs are left behind and rebuilt lazily
-    assert used._models is None and used.config == stage.config
+    assert "models" not in used.__dict__ and used.config == stage.config
 
 
 def test_latency_is_logged_per_row(stage, caplog):
@@ -272,7 +274,7 @@ def test_hand_found_from_the_pose_wrist_on_a_real_person(stage):
     assert np.linalg.norm(hand[0, :2] - kp[10, :2]) < 0.5 * forearm  # hand root near the pose wrist
     gt = np.asarray(ann["righthand_kpts"], np.float32).reshape(21, 3)
     hx, hy, hw, hh = ann["righthand_box"]
-    assert wb.pck(hand[None], gt[None], gt[None, :, 2] > 0, np.array([max(hw, hh)]), 0.2) >= 0.8
+    assert metrics.pck(hand[None], gt[None], gt[None, :, 2] > 0, np.array([max(hw, hh)]), 0.2) >= 0.8
     # 3D landmarks: metres, axes aligned with the image (their x, y follow the 2D landmarks)
     world = out["mp_hand_landmarks_3d"][0, 1]
     assert 0.03 < np.ptp(world[:, :2], axis=0).max() < 0.3
@@ -287,13 +289,13 @@ def test_hand_landmarks_in_a_hand_box(stage):
     for ann in data["annotations"]:
         image = np.asarray(Image.open(EVALDATA / "hands/onehand10k" / files[ann["image_id"]]).convert("RGB"))
         x, y, w, h = ann["bbox"]
-        hand = kpm.hand_landmarks_in(stage.models().hand, image, kpm.Roi.from_box([x, y, x + w, y + h], 2.0), 2)
+        hand = kpm.hand_landmarks_in(stage.models.hand, image, images.Roi.from_box([x, y, x + w, y + h], 2.0), 2)
         assert hand.presence > 0.5
         pred.append(hand.points)
         gt.append(np.asarray(ann["keypoints"], np.float32).reshape(21, 3))
         norm.append(max(w, h))
     gt = np.stack(gt)
-    assert wb.pck(np.stack(pred), gt, gt[..., 2] > 0, np.array(norm), 0.2) >= 0.9
+    assert metrics.pck(np.stack(pred), gt, gt[..., 2] > 0, np.array(norm), 0.2) >= 0.9
 
 
 # --------------------------------------------------------------------------------------------------
@@ -301,25 +303,17 @@ def test_hand_landmarks_in_a_hand_box(stage):
 # --------------------------------------------------------------------------------------------------
 
 
-def test_roi_warp_and_crop_to_image_agree():
-    image = np.zeros((120, 160, 3), np.uint8)
-    image[40:44, 100:104] = 255  # a bright 4x4 dot centred at (102, 42): continuous pixel coordinates
-    roi = kpm.Roi(cx=90.0, cy=50.0, size=60.0, angle=math.radians(30))
-    crop, c2i = roi.warp(image, 120)
-    ys, xs = np.nonzero(crop[..., 0] > 128)
-    centre_in_crop = np.array([xs.mean(), ys.mean()]) + 0.5  # pixel centres
-    assert np.allclose(kpm.apply_affine(c2i, centre_in_crop), [102.0, 42.0], atol=0.5)
-    assert np.allclose(kpm.apply_affine(c2i, np.array([60.0, 60.0])), [90.0, 50.0])  # crop centre -> roi centre
+def test_mediapipe_normalised_coordinates_to_px():
     assert np.allclose(kpm.normalized_to_px(np.array([[0.0, 1.0]]), 120, 120), [[0.0, 120.0]])
 
 
 def test_roi_angles_and_landmark_regions():
     # up along +x: the crop's "up" (0, -1) points right in the image
-    roi = kpm.Roi(0.0, 0.0, 1.0, kpm.angle_up_along(np.array([1.0, 0.0])))
+    roi = images.Roi(0.0, 0.0, 1.0, images.angle_up_along(np.array([1.0, 0.0])))
     assert np.allclose(roi.rotation() @ [0.0, -1.0], [1.0, 0.0])
-    assert kpm.angle_x_along(np.array([0.0, 1.0])) == pytest.approx(math.pi / 2)
+    assert images.angle_x_along(np.array([0.0, 1.0])) == pytest.approx(math.pi / 2)
     square = np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 20.0], [0.0, 20.0]])
-    r = kpm.roi_around(square, 0.0, 1.5, shift_y=-0.1)
+    r = images.roi_around(square, 0.0, 1.5, shift_y=-0.1)
     assert (r.cx, r.cy, r.size) == pytest.approx((5.0, 8.0, 30.0))
     # a hand pointing right: wrist at the origin, knuckles at x = 10
     hand = np.zeros((21, 2))

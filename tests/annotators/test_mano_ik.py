@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from annotators.base import ERROR_REASON, ERROR_STAGE, STAGES, ErrorPolicy
+from annotators.base import ERROR_REASON, ERROR_STAGE, STAGES, ErrorPolicy, StageContext
 from annotators.hands.mano_ik import HAND_FIELDS, ManoIkConfig, ManoIkStage
-from annotators.wholebody import POSE_HAND_POINTS
-from fitting.hand_ik import MANO_TIP_VERTICES, MANO_TO_MEDIAPIPE, HandKeypoints, mirror_rotvec, rotation_angle
+from schemas.keypoints import POSE_HAND_POINTS
+from fitting.hand_ik import MANO_TIP_VERTICES, MANO_TO_MEDIAPIPE, HandKeypoints
+from model.rotations import mirror_rotvec, rotation_angle
 from model.assets.loaders import load_mean_hand_pose
 from model.body_models import MANO
 from model.rotations import rotvec_to_rotmat
@@ -24,7 +25,7 @@ EVALDATA = REPO.parent / "shared" / "evaldata"
 
 @pytest.fixture(scope="module")
 def stage(kit_dir):
-    return ManoIkStage(ManoIkConfig(body_models=str(kit_dir)), policy=ErrorPolicy.QUARANTINE)
+    return ManoIkStage(ManoIkConfig(), policy=ErrorPolicy.QUARANTINE, context=StageContext(body_models=str(kit_dir)))
 
 
 def known_hands(kit_dir, n: int, seed: int):
@@ -90,7 +91,7 @@ def test_bad_landmarks_fail_their_row_only(stage, kit_dir):
     assert list(out[ERROR_STAGE]) == ["hands", ""]
     assert "right hand has NaN" in out[ERROR_REASON][0]
     np.testing.assert_array_equal(out["has_hands"], [[False, False], [True, True]])
-    raising = ManoIkStage(stage.config, policy=ErrorPolicy.RAISE)
+    raising = ManoIkStage(stage.config, policy=ErrorPolicy.RAISE, context=stage.context)
     with pytest.raises(ValueError, match="mp_hand_landmarks_3d"):
         raising({"mp_hand_landmarks_3d": landmarks, "has_hands": np.ones((2, 2), bool)})
     with pytest.raises(KeyError, match="mp_hand_landmarks_3d"):
@@ -99,14 +100,14 @@ def test_bad_landmarks_fail_their_row_only(stage, kit_dir):
 
 def test_config_is_checked_and_the_stage_pickles(stage, kit_dir):
     with pytest.raises(ValueError, match="body_models"):
-        ManoIkConfig()
+        ManoIkStage(ManoIkConfig()).layer  # no body-model folder in the context
     with pytest.raises(ValueError, match="dtype"):
-        ManoIkConfig(body_models=str(kit_dir), dtype="float16")
+        ManoIkConfig(dtype="float16")
     with pytest.raises(ValueError, match="point_sigma"):
-        ManoIkConfig(body_models=str(kit_dir), point_sigma=-1.0)
-    stage.layer()  # loaded: the pickle must still leave MANO out
+        ManoIkConfig(point_sigma=-1.0)
+    stage.layer  # loaded: the pickle must still leave MANO out
     clone = pickle.loads(pickle.dumps(stage))
-    assert clone._layer is None and clone.config == stage.config
+    assert "layer" not in clone.__dict__ and clone.config == stage.config and clone.context == stage.context
 
 
 def test_empty_batch(stage):
@@ -139,7 +140,7 @@ def test_real_hands_fit_and_face_the_camera(stage):
     out = stage(batch)
     side = out["conf_hands"].argmax(1)
     assert (out["conf_hands"].max(1) > 0.5).all()
-    layer = stage.layer()
+    layer = stage.layer
     for i in range(n):
         orient = torch.from_numpy(out["mano_global_orient"][i, side[i]]).double()
         pose = torch.from_numpy(out["mano_hand_pose"][i, side[i]]).double()

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotators.base import ERROR_REASON, ERROR_STAGE, STAGES, batch_len
+from annotators.base import ERROR_REASON, ERROR_STAGE, STAGES
+from annotators.batches import batch_len
 from annotators.images import decode_image
 from annotators.persons import (
     BUNDLE_MEMBERS,
@@ -139,7 +140,7 @@ def test_label_boxes_pass_through_in_person_order_without_a_detector():
     image = np.zeros((100, 200, 3), np.uint8)
     labels = np.array([[10, 10, 30, 40], [50, 5, 150, 95], [0, 0, 8, 8], [160, 10, 190, 40]], np.float32)
     out = fresh(_image_batch({"img": image}, {"img": labels}))
-    assert fresh._detector is None  # labelled images never build the detector
+    assert "detector" not in fresh.__dict__  # labelled images never build the detector
     assert list(out["key"]) == ["img/p00", "img/p01", "img/p02"]
     np.testing.assert_array_equal(out["bbox_xyxy"], labels[[1, 3, 0]])  # area, then top, then left; 8 px dropped
     assert set(out["bbox_source"]) == {"label"} and (out["bbox_score"] == 1).all()
@@ -153,7 +154,7 @@ def test_labelled_image_without_boxes_and_bad_labels_fail():
                          {"nan": [[1, 2, np.nan, 9]], "empty": [[5, 5, 5, 9]], "outside": [[70, 1, 90, 20]]})
     batch["has_label_boxes"] = np.array([True, True, True, True])
     out = fresh(batch)
-    assert fresh._detector is None
+    assert "detector" not in fresh.__dict__
     assert list(out[ERROR_STAGE]) == ["persons"] * 4
     reasons = list(out[ERROR_REASON])
     assert reasons[0].startswith("no person found (the source labels 0 person box(es))")
@@ -178,7 +179,7 @@ def test_bad_image_is_quarantined_or_raised():
     out = PersonsStage()(dict(batch))
     assert out[ERROR_STAGE][0] == "persons" and "image must be uint8 [H, W, 3]" in out[ERROR_REASON][0]
     with pytest.raises(ValueError, match="image must be uint8"):
-        PersonsStage(PersonsConfig(error_policy="raise"))(dict(batch))
+        PersonsStage(PersonsConfig(), policy="raise")(dict(batch))
 
 
 def test_detection_is_deterministic(stage, examples, detected):
@@ -193,7 +194,7 @@ def test_detection_is_deterministic(stage, examples, detected):
 
 def test_stage_pickles_without_its_detector(stage, detected):
     clone = pickle.loads(pickle.dumps(stage))
-    assert clone.config == stage.config and clone._detector is None
+    assert clone.config == stage.config and "detector" not in clone.__dict__
 
 
 # --------------------------------------------------------------------------------------------------
@@ -202,14 +203,14 @@ def test_stage_pickles_without_its_detector(stage, detected):
 
 
 def test_config_coerces_lists_and_names_bad_fields():
-    cfg = PersonsConfig(tile_fractions=[1.0, 0.5], verify_scales=[1.25], error_policy="raise")
+    cfg = PersonsConfig(tile_fractions=[1.0, 0.5], verify_scales=[1.25])
     assert cfg.tile_fractions == (1.0, 0.5) and cfg.verify_scales == (1.25,)
     with pytest.raises(ValueError, match=r"tile_overlap=1\.0.*max_persons=0"):
         PersonsConfig(tile_overlap=1.0, max_persons=0)
 
 
 def test_unknown_detector_is_named():
-    fresh = PersonsStage(PersonsConfig(detector="yolo", error_policy="raise"))
+    fresh = PersonsStage(PersonsConfig(detector="yolo"), policy="raise")
     with pytest.raises(KeyError, match="unknown person detector 'yolo'; known: mediapipe_pose"):
         fresh(_image_batch({"x": np.zeros((20, 20, 3), np.uint8)}))
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from annotators.base import ERROR_REASON, ERROR_STAGE, STAGES
-from annotators.refine import QualityStage, QualityStageConfig, RefineStage, RefineStageConfig, identities
+from annotators.base import ERROR_REASON, ERROR_STAGE, STAGES, StageContext, build_config
+from annotators.quality import QualityStage, QualityStageConfig
+from annotators.refine import RefineStage, RefineStageConfig, identities
 from fitting.camera import project
 from fitting.objectives import ehm_wholebody_points
 from model.ehm import EHM
@@ -26,11 +27,13 @@ COLUMNS = {"betas": "smplx_betas", "global_orient": "smplx_global_orient", "body
 
 @pytest.fixture(scope="module")
 def stages(kit_dir):
-    refine = RefineStage(RefineStageConfig(body_models=str(kit_dir), device="cpu",
-                                           refine={"flame": {"iterations": 5}, "ehm": {"iterations": 10}}))
+    context = StageContext(body_models=str(kit_dir))
+    config = build_config(RefineStageConfig, {"device": "cpu", "refine": {"flame": {"iterations": 5},
+                                                                         "ehm": {"iterations": 10}}}, "refine")
+    refine = RefineStage(config, context=context)
     # a 10-iteration refinement leaves hands and faces a few px off: only body thresholds here
-    quality = QualityStage(QualityStageConfig(body_models=str(kit_dir), device="cpu", max_reproj_norm_face=None,
-                                              max_reproj_norm_hands=None))
+    quality = QualityStage(QualityStageConfig(device="cpu", max_reproj_norm_face=None, max_reproj_norm_hands=None),
+                           context=context)
     return refine, quality
 
 
@@ -80,7 +83,7 @@ def test_identities_share_only_tracks_of_one_source():
 
 def test_refine_stage_writes_refined_fields(stages):
     refine, _ = stages
-    batch = _batch(refine.refiner().ehm)
+    batch = _batch(refine.refiner.ehm)
     before = {k: np.array(v, copy=True) for k, v in batch.items()}
     out = refine(batch)
     assert not any(out[ERROR_STAGE])
@@ -100,7 +103,7 @@ def test_refine_stage_writes_refined_fields(stages):
 
 def test_refine_stage_skips_failed_rows_and_names_missing_columns(stages):
     refine, _ = stages
-    batch = _batch(refine.refiner().ehm)
+    batch = _batch(refine.refiner.ehm)
     batch[ERROR_STAGE] = np.array(["keypoints", "", "", ""], dtype=object)
     batch[ERROR_REASON] = np.array(["boom", "", "", ""], dtype=object)
     body0 = batch["smplx_body_pose"][0].copy()
@@ -113,29 +116,29 @@ def test_refine_stage_skips_failed_rows_and_names_missing_columns(stages):
 
 def test_quality_stage_scores_and_rejects(stages, kit_dir):
     refine, quality = stages
-    out = quality(refine(_batch(refine.refiner().ehm)))
+    out = quality(refine(_batch(refine.refiner.ehm)))
     assert np.all(out["quality_reproj_px_body"][:3] < 20.0)
     assert np.isnan(out["quality_silhouette_iou"]).all()  # no image column: not measured
     assert list(out[ERROR_STAGE]) == ["", "", "", "quality"]
     assert "no body fit" in out[ERROR_REASON][3]
-    strict = QualityStage(QualityStageConfig(body_models=str(kit_dir), device="cpu", max_reproj_norm_body=1e-6,
-                                             max_reproj_norm_face=None, max_reproj_norm_hands=None))
-    strict._ehm = quality.ehm()
-    rejected = strict(refine(_batch(refine.refiner().ehm)))
+    strict = QualityStage(QualityStageConfig(device="cpu", max_reproj_norm_body=1e-6, max_reproj_norm_face=None,
+                                             max_reproj_norm_hands=None), context=quality.context)
+    strict.__dict__["ehm"] = quality.ehm  # share the loaded model
+    rejected = strict(refine(_batch(refine.refiner.ehm)))
     assert all(stage == "quality" for stage in rejected[ERROR_STAGE])
     assert "body reprojection" in rejected[ERROR_REASON][0] and "max_reproj_norm_body" in rejected[ERROR_REASON][0]
 
 
 def test_silhouette_scores_match_a_mask_of_the_same_body(stages, kit_dir, monkeypatch):
     refine, loaded = stages
-    quality = QualityStage(QualityStageConfig(body_models=str(kit_dir), device="cpu", mask_size=32, band_px=1,
-                                              max_reproj_norm_face=None, max_reproj_norm_hands=None))
-    quality._ehm = loaded.ehm()
-    batch = refine(_batch(refine.refiner().ehm))
+    quality = QualityStage(QualityStageConfig(device="cpu", mask_size=32, band_px=1, max_reproj_norm_face=None,
+                                              max_reproj_norm_hands=None), context=loaded.context)
+    quality.__dict__["ehm"] = loaded.ehm  # share the loaded model
+    batch = refine(_batch(refine.refiner.ehm))
     batch["image"] = np.empty(4, dtype=object)
     for i in range(4):
         batch["image"][i] = np.zeros((640, 640, 3), np.uint8)
-    ehm = quality.ehm()
+    ehm = quality.ehm
 
     def fake_mask(image, box, size, scale):
         """The body's own hard silhouette over the crop region, computed independently of the stage."""

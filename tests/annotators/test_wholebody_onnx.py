@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from annotators import wholebody as wb
+from schemas import keypoints as wb
 from annotators.base import ERROR_REASON, ERROR_STAGE, STAGES, ErrorPolicy
 from annotators.wholebody_onnx import (
     PersonDetector,

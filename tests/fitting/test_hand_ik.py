@@ -11,17 +11,14 @@ from fitting.hand_ik import (
     HandIkOptions,
     HandKeypoints,
     mirror_points,
-    mirror_rotvec,
     orient_hand_from_palm,
-    rotation_angle,
-    rotation_between,
     solve_hand_ik,
     solve_right_hand_ik,
 )
 from model.assets.catalog import asset_file
 from model.assets.loaders import load_mano_smplx_ids
 from model.body_models import MANO, SMPLX
-from model.rotations import rotvec_to_rotmat
+from model.rotations import mirror_rotvec, rotation_angle, rotvec_to_rotmat
 
 F64 = torch.float64
 
@@ -55,26 +52,6 @@ def bending_poses(layer: HandKeypoints, n: int, seed: int, max_angle: float = 1.
 
 def random_orient(n: int, seed: int) -> torch.Tensor:
     return torch.randn(n, 3, generator=torch.Generator().manual_seed(seed), dtype=F64)
-
-
-def test_rotation_between_turns_a_onto_b():
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(50, 3, generator=g, dtype=F64), torch.randn(50, 3, generator=g, dtype=F64)
-    a[0], b[0] = torch.tensor([1.0, 2.0, 3.0]), -torch.tensor([1.0, 2.0, 3.0])  # antiparallel
-    a[1], b[1] = torch.tensor([0.0, 0.0, 2.0]), torch.tensor([0.0, 0.0, 5.0])  # parallel: no rotation
-    turned = (rotvec_to_rotmat(rotation_between(a, b)) @ a[..., None])[..., 0]
-    unit = b / b.norm(dim=-1, keepdim=True)
-    torch.testing.assert_close(turned / turned.norm(dim=-1, keepdim=True), unit)
-    assert rotation_between(a, b)[1].norm() < 1e-12
-    # the smallest rotation: its axis is perpendicular to both directions
-    r = rotation_between(a[2:], b[2:])
-    assert (r * a[2:]).sum(-1).abs().max() < 1e-9 and (r * b[2:]).sum(-1).abs().max() < 1e-9
-
-
-def test_mirror_rotvec_is_the_rotation_seen_in_the_mirror():
-    v = torch.randn(20, 3, generator=torch.Generator().manual_seed(2), dtype=F64)
-    m = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=F64))
-    torch.testing.assert_close(rotvec_to_rotmat(mirror_rotvec(v)), m @ rotvec_to_rotmat(v) @ m)
 
 
 def test_hand_keypoints_equal_the_full_mano_forward(manos, layer):

@@ -1,5 +1,6 @@
-"""Batched refinement on the synthetic kit: the cheap objective models match EHM, errors fall, gates,
-identity sharing, determinism, solvers, bad input."""
+"""Batched refinement on the synthetic kit: errors fall, gates, identity sharing, the silhouette term,
+determinism, solvers, bad input. (The cheap objective models are tested against the full ones in
+``tests/model/test_ehm_rigid.py`` and ``tests/model/test_partial.py``.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from fitting.camera import project
 from fitting.face_fit import IRIS_CENTRES
 from fitting.objectives import ehm_wholebody_points
 from fitting.priors import sample_body_pose
-from fitting.refine import RefineConfig, RefineInputs, Refiner, SolverConfig
+from fitting.refine import RefineInputs, Refiner
+from fitting.refine_config import RefineConfig, SolverConfig
 from model.rasterizer import hard_silhouette
 from model.rotations import rotmat_to_rotvec, rotvec_to_rotmat
 from schemas.ehm_v1 import QualityFlag
@@ -76,29 +78,6 @@ def _inputs(refiner: Refiner, truth: dict[str, torch.Tensor], intr: torch.Tensor
 def problem(refiner):
     truth, intr = _truth(refiner, 3, seed=1)
     return truth, _inputs(refiner, truth, intr, seed=2)
-
-
-def test_rigid_parts_model_matches_ehm(refiner):
-    truth, _ = _truth(refiner, 2, seed=3)
-    gen = torch.Generator().manual_seed(4)
-    truth["flame_jaw_pose"] = torch.tensor([[0.2, 0.0, 0.0]]).expand(2, 3)
-    truth["mano_hand_pose"] = truth["mano_hand_pose"] + torch.randn(2, 2, 15, 3, generator=gen) * 0.2
-    truth["head_scale"] = torch.tensor([[1.05, 0.95, 1.0]]).expand(2, 3)
-    truth["hand_scale"] = torch.tensor([[0.9, 1.1]]).expand(2, 2)
-    with torch.no_grad():
-        full = refiner.ehm(**truth)
-        parts = refiner.parts
-        out = parts(truth["betas"], rotvec_to_rotmat(truth["global_orient"]), truth["body_pose"], truth["transl"],
-                    truth["head_scale"], truth["hand_scale"], parts.head_frame(truth),
-                    parts.hand_frame(truth["mano_betas"], truth["mano_hand_pose"]))
-    assert torch.allclose(out.joints[:, :22], full.joints[:, :22], atol=1e-5)
-    assert (out.joints - full.joints).norm(dim=-1).max() < 1e-3
-    assert (out.keypoints - full.keypoints).norm(dim=-1).max() < 1e-3
-    assert (out.landmarks68 - full.landmarks68).norm(dim=-1).max() < 2e-3  # jaw contour near the neck blend
-    head = full.vertices[:, refiner.ehm.head_vertex_ids[refiner.head_term]]
-    assert (out.head - head).norm(dim=-1).max() < 1e-3
-    for side, ids in enumerate(refiner.hand_ids):
-        assert (out.hands[side] - full.vertices[:, ids[refiner.hand_term]]).norm(dim=-1).max() < 1e-4
 
 
 def _errors(refiner: Refiner, params, truth, inputs) -> tuple[float, float]:
@@ -167,21 +146,42 @@ def test_identity_is_shared_within_a_track(quick, problem):
     assert not torch.equal(result.params["betas"][0], result.params["betas"][2])
 
 
-def test_silhouette_term_uses_the_person_mask(refiner, problem):
+def _rows(inputs: RefineInputs, rows: slice) -> RefineInputs:
+    """The samples ``rows`` of a batch."""
+    picked = {k: v if v is None else v[rows] for k, v in inputs.__dict__.items() if k != "params"}
+    return RefineInputs(params={k: v[rows] for k, v in inputs.params.items()}, **picked)
+
+
+@pytest.mark.slow
+def test_silhouette_term_pulls_the_body_into_the_person_mask(refiner, problem):
+    """Started at the true body and driven by the silhouette alone, the refinement moves the body towards a
+    person mask drawn 10 cm to its left, or to its right: the mask decides the result."""
     truth, inputs = problem
+    truth, inputs = {k: v[:2] for k, v in truth.items()}, _rows(inputs, slice(0, 2))  # a soft render per step
     size = 16
     lo, hi = inputs.bbox_xyxy[:, :2], inputs.bbox_xyxy[:, 2:]
     side = (hi - lo).max(-1, keepdim=True).values
     box = torch.cat([(lo + hi) / 2 - side * 0.6, (lo + hi) / 2 + side * 0.6], -1)
-    with torch.no_grad():
-        verts = refiner.ehm(**truth).vertices
-    grid = (project(verts, inputs.intrinsics) - box[:, None, :2]) / (box[:, None, 2:] - box[:, None, :2]) * size
-    mask = hard_silhouette(grid, refiner.ehm.faces, size, size).float()
-    masked = RefineInputs(**{**inputs.__dict__, "person_mask": mask, "mask_box": box})
-    on = _like(refiner, flame={"iterations": 0}, ehm={"iterations": 2, "silhouette": 1.0})
-    result = on.refine(masked)
-    assert "ehm/silhouette" in result.terms and torch.isfinite(result.terms["ehm/silhouette"]).all()
-    assert "ehm/silhouette" not in _like(refiner, flame={"iterations": 0}, ehm={"iterations": 0}).refine(masked).terms
+
+    def mask_of(shift_x: float) -> torch.Tensor:
+        with torch.no_grad():
+            verts = refiner.ehm(**{**truth, "transl": truth["transl"] + torch.tensor([shift_x, 0.0, 0.0])}).vertices
+        grid = (project(verts, inputs.intrinsics) - box[:, None, :2]) / (box[:, None, 2:] - box[:, None, :2]) * size
+        return hard_silhouette(grid, refiner.ehm.faces, size, size).float()
+
+    at_truth = RefineInputs(**{**inputs.__dict__, "params": {k: v.clone() for k, v in truth.items()}})
+    only = {"keypoints_2d": 0.0, "head_vertices": 0.0, "hand_vertices": 0.0, "depth_to_init": 0.0, "silhouette": 1.0}
+    on = _like(refiner, flame={"iterations": 0}, ehm={"iterations": 6, **only})
+    start = _like(refiner, flame={"iterations": 0}, ehm={"iterations": 0, **only})
+    moved = {}
+    for shift in (-0.1, 0.1):
+        masked = RefineInputs(**{**at_truth.__dict__, "person_mask": mask_of(shift), "mask_box": box})
+        result = on.refine(masked)
+        moved[shift] = result.params["transl"][:, 0] - truth["transl"][:, 0]
+        assert (result.terms["ehm/silhouette"] < 0.8 * start.refine(masked).terms["ehm/silhouette"]).all()
+    assert (moved[-0.1] < -0.01).all() and (moved[0.1] > 0.01).all(), moved
+    off = _like(refiner, flame={"iterations": 0}, ehm={"iterations": 0}).refine(masked)  # weight 0: no term
+    assert "ehm/silhouette" not in off.terms
 
 
 @pytest.mark.parametrize("solver", ["adamw", "lbfgs"])

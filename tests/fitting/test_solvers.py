@@ -6,6 +6,9 @@ import pytest
 import torch
 
 from fitting.solvers import (
+    SOLVERS,
+    SolverOptions,
+    SolverRegistry,
     least_squares,
     minimize_adam,
     minimize_gauss_newton,
@@ -34,6 +37,37 @@ def test_first_order_solvers_solve_each_sample(solve) -> None:
     result = solve([x], loss)
     torch.testing.assert_close(x.detach(), target, atol=1e-3, rtol=0)
     assert result.loss.shape == (3,) and torch.all(result.loss <= result.first_loss)
+
+
+@pytest.mark.parametrize("name, options, iterations", [
+    ("adam", SolverOptions(lr=0.1, lr_final=0.001), 400),
+    ("adamw", SolverOptions(lr=0.1, lr_final=0.001, weight_decay=1e-4), 400),
+    ("lbfgs", SolverOptions(), 20),
+])
+def test_registered_solvers_run_their_minimizer_with_the_options(name, options, iterations) -> None:
+    target = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=F64)
+    x, loss = _quadratic(target)
+    result = SOLVERS.get(name).minimize([x], loss, iterations, options)
+    torch.testing.assert_close(x.detach(), target, atol=2e-3, rtol=0)
+    assert result.iterations == iterations and SOLVERS.get(name).line_search == (name == "lbfgs")
+    # the registry entry is the plain solver with these settings: the same numbers
+    y, loss_y = _quadratic(target)
+    if name == "lbfgs":
+        minimize_lbfgs([y], loss_y, iterations=iterations, lr=options.lr, history=options.history)
+    else:
+        minimize_adam([y], loss_y, iterations=iterations, lr=options.lr, lr_final=options.lr_final,
+                      weight_decay=options.weight_decay if name == "adamw" else 0.0)
+    assert torch.equal(x, y)
+
+
+def test_solver_registry_names_the_known_solvers() -> None:
+    assert SOLVERS.names() == ("adam", "adamw", "lbfgs") and "adam" in SOLVERS and "sgd" not in SOLVERS
+    with pytest.raises(ValueError, match=r"SolverConfig.name: unknown solver 'sgd'; known: adam, adamw, lbfgs"):
+        SOLVERS.get("sgd", "SolverConfig.name")
+    registry = SolverRegistry()
+    registry.register("mine")(lambda p, f, n, o: None)
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("mine")(lambda p, f, n, o: None)
 
 
 def test_adam_is_deterministic_and_per_sample() -> None:

@@ -199,3 +199,5 @@ def test_config_is_checked() -> None:
         TransferConfig(mode="sum")
     with pytest.raises(ValueError, match="hand_joints"):
         TransferConfig(hand_joints="keep")
+    with pytest.raises(ValueError, match=r"refine_solver must be one of \('levenberg_marquardt', 'adam', 'adamw', 'lbfgs'\)"):
+        TransferConfig(refine_solver="sgd")

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines import annotate
-from pipelines import config as cfg
+from pipelines.annotation import config as cfg
+from pipelines.annotation import job as annotate
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"

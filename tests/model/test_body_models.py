@@ -161,6 +161,26 @@ def test_parameters_broadcast_and_short_coefficients_are_padded(models):
     torch.testing.assert_close(out.vertices[1, 2], single.vertices)
 
 
+def test_local_rotmats_and_shape_coefficients_fill_what_is_left_out(models):
+    model = models["smplx"]
+    pose = torch.randn(2, 21, 3, dtype=F64) * 0.3
+    rotmats = model.local_rotmats({"body_pose": pose}, 2)
+    assert rotmats.shape == (2, 55, 3, 3)
+    torch.testing.assert_close(rotmats[:, 1:22], rotvec_to_rotmat(pose))
+    eye = torch.eye(3, dtype=F64)
+    assert torch.equal(rotmats[:, 0], eye.expand(2, 3, 3)) and torch.equal(rotmats[:, 22:], eye.expand(2, 33, 3, 3))
+    with pytest.raises(KeyError, match="eye_pose"):
+        model.local_rotmats({"eye_pose": torch.zeros(2, 6, dtype=F64)}, 2)
+    betas = torch.randn(2, 4, dtype=F64)
+    coeffs = model.shape_coefficients({"betas": betas}, 2)  # betas padded to 10, expression all zero
+    assert coeffs.shape == (2, 20)
+    assert torch.equal(coeffs[:, :4], betas) and not coeffs[:, 4:].any()
+    # the same as the forward pass's own handling of short and missing parameters
+    out = model.pose(coeffs, rotmats)
+    full = model(betas=betas, body_pose=pose)
+    torch.testing.assert_close(out[0], full.vertices)
+
+
 def test_float32_agrees_with_float64(models):
     model = models["smplx"]
     params = _params(model, (2,))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.networks.vit import VIT_B, VIT_H, ViT, ViTConfig
+from model.networks.vit import VIT_B, VIT_H, ViT, ViTConfig, drop_path
 
 TINY = ViTConfig(embed_dim=32, depth=2, num_heads=4)
 
@@ -71,5 +71,21 @@ def test_drop_path_only_acts_in_training():
     with torch.no_grad():
         evaluated = vit.eval()(images)
         assert torch.equal(evaluated, vit(images))
-        trained = vit.train()(images)  # kept branches are rescaled by 1 / (1 - rate), dropped ones vanish
+        trained = vit.train()(images)
     assert not torch.allclose(trained, evaluated)
+
+
+def test_drop_path_drops_whole_samples_and_rescales_the_kept_ones():
+    torch.manual_seed(0)
+    rate = 0.3
+    branch = torch.randn(4000, 5, 8, dtype=torch.float64)
+    out = drop_path(branch, rate, training=True)
+    kept = out.flatten(1).any(1)
+    # a kept sample is its branch times exactly 1 / (1 - rate); a dropped one is zero throughout
+    torch.testing.assert_close(out[kept], branch[kept] / (1 - rate), rtol=1e-12, atol=0.0)
+    assert not out[~kept].any()
+    assert abs(float((~kept).double().mean()) - rate) < 0.03  # 4000 draws: 1.5 % standard deviation
+    # hence the expected branch is the branch itself (what eval mode passes on unchanged)
+    ones = drop_path(torch.ones(4000, 1, dtype=torch.float64), rate, training=True)
+    assert abs(float(ones.mean()) - 1.0) < 0.05
+    assert drop_path(branch, rate, training=False) is branch and drop_path(branch, 0.0, training=True) is branch

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotators.base import STAGES, Batch, apply_per_row
-from pipelines import config as cfg
+from annotators.base import STAGES, Stage
+from annotators.batches import Batch
+from pipelines.annotation import config as cfg
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_STAGES = ("persons/mediapipe", "keypoints/mediapipe")
@@ -149,14 +150,12 @@ class FaultConfig:
     """If set and this file does not exist yet: create it, then kill this worker process (once)."""
 
 
-class FaultStage:
+class FaultStage(Stage):
     """A stage that fills ``conf_body`` and injects faults (see :class:`FaultConfig`)."""
 
     name = "quality/fault"
     config_class = FaultConfig
-
-    def __init__(self, config: FaultConfig | None = None) -> None:
-        self.config = config or FaultConfig()
+    required = ("sample_key",)
 
     def _row(self, row: dict) -> dict:
         if self.config.raise_for and self.config.raise_for in row["sample_key"]:
@@ -171,8 +170,7 @@ class FaultStage:
         keys = [str(k) for k in batch["sample_key"]]
         if self.config.batch_raise_for and any(self.config.batch_raise_for in k for k in keys):
             raise RuntimeError("injected whole-batch failure")
-        return apply_per_row(batch, self._row, stage=self.name,
-                             placeholders={"conf_body": np.float32(0.0), "has_kp_body": False})
+        return self.map_rows(batch, self._row, {"conf_body": np.float32(0.0), "has_kp_body": False})
 
 
 try:
@@ -183,3 +181,30 @@ except ValueError:  # this module was imported a second time
 from ray import cloudpickle  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on a free port of 127.0.0.1, with env credentials; yields an s3fs filesystem (the
+    module's tests share the server: use a bucket of your own)."""
+    import fsspec
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    fsspec.config.conf["s3"] = {"client_kwargs": {"endpoint_url": env["AWS_ENDPOINT_URL"]}}
+    try:
+        yield fsspec.filesystem("s3", skip_instance_cache=True)
+    finally:
+        fsspec.config.conf.pop("s3", None)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
