@@ -29,16 +29,26 @@ import torch
 from torch import Tensor
 
 
+def check_faces(faces: Tensor, num_vertices: int) -> None:
+    """``faces`` must be an integer tensor ``[F, 3]`` of indices into ``num_vertices`` vertices (``ValueError``)."""
+    if faces.dim() != 2 or faces.shape[-1] != 3 or faces.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"faces: expected an integer tensor [F, 3], got {faces.dtype} {list(faces.shape)}")
+    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= num_vertices):
+        raise ValueError(f"faces: indices must lie in [0, {num_vertices}), got [{int(faces.min())}, "
+                         f"{int(faces.max())}]")
+
+
+def check_image_size(height: int, width: int) -> None:
+    """A raster needs positive sides (``ValueError``)."""
+    if height < 1 or width < 1:
+        raise ValueError(f"height, width: expected positive image sizes, got {height} x {width}")
+
+
 def _check_inputs(verts_px: Tensor, faces: Tensor, height: int, width: int, face_mask: Tensor | None) -> None:
     if verts_px.dim() != 3 or verts_px.shape[-1] != 2:
         raise ValueError(f"verts_px: expected shape [B, V, 2] (image px), got {list(verts_px.shape)}")
-    if faces.dim() != 2 or faces.shape[-1] != 3 or faces.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"faces: expected an integer tensor [F, 3], got {faces.dtype} {list(faces.shape)}")
-    if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= verts_px.shape[1]):
-        raise ValueError(f"faces: indices must lie in [0, {verts_px.shape[1]}), got [{int(faces.min())}, "
-                         f"{int(faces.max())}]")
-    if height < 1 or width < 1:
-        raise ValueError(f"height, width: expected positive image sizes, got {height} x {width}")
+    check_faces(faces, verts_px.shape[1])
+    check_image_size(height, width)
     if face_mask is not None and tuple(face_mask.shape) != (verts_px.shape[0], faces.shape[0]):
         raise ValueError(f"face_mask: expected shape [{verts_px.shape[0]}, {faces.shape[0]}] (bool per sample and "
                          f"triangle), got {list(face_mask.shape)}")

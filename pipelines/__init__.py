@@ -5,6 +5,7 @@
   body-model folder).
 - :mod:`pipelines.annotation`: the annotation job (config, job steps, Ray and plain-loop runners, Beam,
   report).
+- :mod:`pipelines.review`: the curator tools (the review web app, statistics, filtering into a new shard set).
 - :mod:`pipelines.commands`: the ``pearl`` subcommands (:mod:`pipelines.cli`).
 
 ``pipelines/annotate.py`` and ``pipelines/annotate_beam.py`` are the scripts that ``ray submit``,

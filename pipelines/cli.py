@@ -19,6 +19,9 @@ COMMANDS: dict[str, str] = {
     "assets": "pipelines.commands.assets",
     "demo": "pipelines.commands.demo",
     "models": "pipelines.commands.models",
+    "review": "pipelines.commands.review",
+    "stats": "pipelines.commands.stats",
+    "filter": "pipelines.commands.filter",
 }
 
 

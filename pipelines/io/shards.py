@@ -46,7 +46,12 @@ TMP_PREFIX = ".tmp-"
 TMP_SUFFIX = ".partial"
 """Suffix of files being written."""
 
-PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 3, "write_statistics": True}
+STATISTICS_COLUMNS: list[str] = [f.name for f in schemas.FIELDS if not f.allow_nan]
+"""Columns whose Parquet min/max statistics are written: every record field that never holds NaN. pyarrow leaves
+NaN out of min/max, and readers that trust the statistics (DuckDB folds ``isnan(x)`` to false and skips row
+groups with them, duckdb/duckdb#25521) would then answer NaN queries wrongly; without statistics they scan."""
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "compression_level": 3,
+                                   "write_statistics": STATISTICS_COLUMNS}
 """Options of every Parquet file the writer produces (one row group per shard)."""
 
 _STATS_KEYS = ("shard", "split", "index", "schema_version", "rows", "files")

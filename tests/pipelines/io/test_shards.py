@@ -365,3 +365,22 @@ def test_decode_sample_formats():
     np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="allow_pickle"):
         shards.decode_sample({"o.npy": obj.getvalue()})
+
+
+def test_parquet_leaves_nan_columns_without_statistics_so_duckdb_finds_nan(tmp_path: Path) -> None:
+    import duckdb
+    import pyarrow.parquet as pq
+
+    from pipelines.io.shards import STATISTICS_COLUMNS
+
+    records = _records(4)
+    for i, r in enumerate(records):
+        r["quality_reproj_px_body"] = np.float32(np.nan if i % 2 else 3.0 + i)
+    _write(tmp_path, records)
+    path = tmp_path / "parquet" / "train-000000.parquet"
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    stats = {meta.column(i).path_in_schema: meta.column(i).is_stats_set for i in range(meta.num_columns)}
+    assert stats["quality_reproj_px_body"] is False and stats["person_index"] is True
+    assert "quality_reproj_px_body" not in STATISTICS_COLUMNS and "key" in STATISTICS_COLUMNS
+    count = duckdb.execute(f"SELECT count(*) FROM read_parquet('{path}') WHERE isnan(quality_reproj_px_body)").fetchone()
+    assert count == (2,)
