@@ -69,10 +69,8 @@ class StageResources:
     """CPU share per actor. Keep it fractional on small machines so Ray Data's read tasks never starve."""
     num_gpus: float = 0.0
     """GPU share per actor (fractional allowed: 0.25 packs four actors on one GPU)."""
-    batch_size: int = 8
-    """Rows per call of the stage."""
     num_actors: int = 1
-    """Actors in the pool (an upper bound when ``autoscale`` is set)."""
+    """Actors in the pool (a fixed size)."""
 
 
 @dataclass(frozen=True)
@@ -347,7 +345,7 @@ class FitStage(Stage):
     first use on the configured device and dtype, and the rows to fit are solved ``chunk_size`` at a time."""
 
     config: FitStageConfig
-    resources = StageResources(num_cpus=0.25, batch_size=64)
+    resources = StageResources(num_cpus=0.25)
     """Default actor resources (give it ``num_gpus`` in the stage spec to solve on a GPU)."""
     default_backend = True
 
@@ -429,6 +427,7 @@ STAGES = Registry(
     modules={
         "persons": "annotators.persons",
         "keypoints": ("annotators.keypoints", "annotators.wholebody_onnx"),
+        "track": "annotators.track",
         "body": "annotators.body",
         "hands": "annotators.hands",
         "face": "annotators.face",

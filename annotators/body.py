@@ -88,10 +88,13 @@ class BodyConfig:
     """Adam steps of the keypoint fit's body stage (:class:`fitting.smplify.SmplifyConfig`)."""
     orient_iterations: int = 40
     """Adam steps of the keypoint fit's torso stage."""
+    chunk_size: int = 32
+    """Most rows per batched solve (transfer and keypoint fit); a shard's rows are cut into consecutive chunks."""
 
     def __post_init__(self) -> None:
-        if self.min_keypoints < 1:
-            raise ValueError(f"BodyConfig.min_keypoints must be at least 1, got {self.min_keypoints}")
+        if self.min_keypoints < 1 or self.chunk_size < 1:
+            raise ValueError(f"BodyConfig.min_keypoints and chunk_size must be at least 1, got {self.min_keypoints} "
+                             f"and {self.chunk_size}")
 
     def transfer_config(self) -> TransferConfig:
         return TransferConfig(gender=self.gender, mode=self.transfer_mode, hand_joints=self.hand_joints,
@@ -161,8 +164,8 @@ class BodyStage(Stage):
 
     name = STAGE
     config_class = BodyConfig
-    resources = StageResources(num_cpus=0.25, batch_size=32)
-    """Default actor resources: batched fitting is faster per row in larger batches; give ``num_gpus`` on GPU."""
+    resources = StageResources(num_cpus=0.25)
+    """Default actor resources (give ``num_gpus`` on GPU; rows per solve: ``chunk_size``)."""
     default_backend = True
     version = "1"
     """Bump when the stage's output changes for the same input."""
@@ -219,10 +222,12 @@ class BodyStage(Stage):
         ok = good_rows(batch)
         transfer_rows = [i for i in sorted(labels) if ok[i]]
         fit_rows = [i for i in np.nonzero(ok)[0].tolist() if i not in labels and self._fittable(batch, i)]
-        if transfer_rows:
-            self._transfer_rows(batch, out, transfer_rows, labels)
-        if fit_rows and self.config.fit:
-            self._fit_rows(batch, out, fit_rows)
+        size = self.config.chunk_size
+        for start in range(0, len(transfer_rows), size):
+            self._transfer_rows(batch, out, transfer_rows[start:start + size], labels)
+        if self.config.fit:
+            for start in range(0, len(fit_rows), size):
+                self._fit_rows(batch, out, fit_rows[start:start + size])
         for key, value in out.items():
             batch[key] = value
         return batch

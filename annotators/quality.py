@@ -38,9 +38,13 @@ class QualityStageConfig(QualityConfig):
 
     device: str = "auto"
     """Torch device for the EHM pass and the rasteriser."""
+    chunk_size: int = 64
+    """Most rows per batched EHM pass; a shard's rows are cut into consecutive chunks."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.chunk_size < 1:
+            raise ValueError(f"QualityStageConfig.chunk_size must be at least 1, got {self.chunk_size}")
 
 
 QUALITY_COLUMNS = (
@@ -56,7 +60,7 @@ class QualityStage(Stage):
 
     name = "quality"
     config_class = QualityStageConfig
-    resources = StageResources(num_cpus=0.25, batch_size=64)
+    resources = StageResources(num_cpus=0.25)
     version = f"1+mediapipe{metadata.version('mediapipe')}"
     """This stage's scoring and MediaPipe's version (bump on changes)."""
     required = ("has_body",)
@@ -78,8 +82,9 @@ class QualityStage(Stage):
         batch.update(out)
         ok = good_rows(batch)
         has_body = np.array([bool(v) for v in batch["has_body"]], dtype=bool)
-        rows = np.flatnonzero(ok & has_body)
-        if len(rows):
+        scored = np.flatnonzero(ok & has_body)
+        for start in range(0, len(scored), self.config.chunk_size):
+            rows = scored[start:start + self.config.chunk_size]
             try:
                 self._score(batch, rows)
             except Exception as exc:  # noqa: BLE001 - the policy decides

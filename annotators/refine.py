@@ -6,8 +6,10 @@ runs :class:`fitting.refine.Refiner` on them all at once, and writes the refined
 same columns, plus ``quality_final_loss``, ``quality_flags`` (OR-ed into the flags earlier stages set) and
 ``quality_loss_terms`` (JSON: term -> final weighted value). The SMPL-X hand, jaw and eye fields are set
 from the EHM parts that drive them (``mano_hand_pose``, ``flame_jaw_pose``, ``flame_eye_pose``), and
-``mano_global_orient`` to each hand's orientation on the refined body. Rows with the same ``source`` and a
-non-empty ``track_id`` share shape and scales.
+``mano_global_orient`` to each hand's orientation on the refined body. Rows with the same non-empty
+``track_id`` (one person of one video clip, see ``track/iou-oks``) share one identity: one set of SMPL-X betas,
+FLAME shape and head and hand scales, fitted to all of its frames together. The rows are solved in chunks of
+about ``chunk_size`` rows that never split a track, in row order: the chunks are a function of the shard alone.
 """
 
 from __future__ import annotations
@@ -33,14 +35,31 @@ log = logging.getLogger(__name__)
 
 
 
-def identities(sources: np.ndarray, tracks: np.ndarray) -> np.ndarray:
-    """Identity index ``[B]`` per row: rows with the same source and a non-empty track share one."""
-    ids: dict[tuple[str, str], int] = {}
+def identities(tracks: np.ndarray) -> np.ndarray:
+    """Identity index ``[B]`` per row, numbered in order of first appearance: rows with the same non-empty
+    ``track_id`` share one, every other row is its own."""
+    ids: dict[tuple[str, int], int] = {}
     out = np.empty(len(tracks), dtype=np.int64)
-    for i, (source, track) in enumerate(zip(sources, tracks)):
-        key = (str(source), str(track)) if str(track) else ("", f"row{i}")
+    for i, track in enumerate(tracks):
+        key = (str(track), -1) if str(track) else ("", i)
         out[i] = ids.setdefault(key, len(ids))
     return out
+
+
+def identity_chunks(identity: np.ndarray, size: int) -> list[np.ndarray]:
+    """Positions ``[K]`` of each chunk: identities (``identity  # [B]``) in order of first appearance are added
+    whole to the current chunk, which closes once it holds ``size`` rows or more (a track longer than ``size``
+    is one chunk of its own)."""
+    order = sorted(np.unique(identity).tolist(), key=lambda g: int(np.flatnonzero(identity == g)[0]))
+    chunks, current = [], []
+    for g in order:
+        current.extend(np.flatnonzero(identity == g).tolist())
+        if len(current) >= size:
+            chunks.append(np.array(current, dtype=np.int64))
+            current = []
+    if current:
+        chunks.append(np.array(current, dtype=np.int64))
+    return chunks
 
 
 @dataclass
@@ -56,6 +75,12 @@ class RefineStageConfig:
     """With the silhouette term on (``refine.ehm.silhouette > 0``): side in px of the person-mask grid."""
     crop_scale: float = 1.25
     """With the silhouette term on: side of the segmented person crop, in box sides."""
+    chunk_size: int = 64
+    """About this many rows per batched refinement; a track is never split (see the module docstring)."""
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ValueError(f"RefineStageConfig.chunk_size must be at least 1, got {self.chunk_size}")
 
 
 @STAGES.register("refine/ehm")
@@ -64,7 +89,7 @@ class RefineStage(Stage):
 
     name = "refine"
     config_class = RefineStageConfig
-    resources = StageResources(num_cpus=0.25, batch_size=64)
+    resources = StageResources(num_cpus=0.25)
     version = "1"
     """Bump when the refinement's output changes for the same input."""
     required = ("has_body",)
@@ -100,8 +125,7 @@ class RefineStage(Stage):
             conf_face=stack("conf_face"),
             has_hands=stack("has_hands", bool),
             conf_hands=stack("conf_hands"),
-            identity=torch.as_tensor(identities(batch["source"][rows] if "source" in batch else np.full(n, ""),
-                                                batch["track_id"][rows] if "track_id" in batch else np.full(n, ""))),
+            identity=torch.as_tensor(identities(batch["track_id"][rows] if "track_id" in batch else np.full(n, ""))),
         )
 
     def __call__(self, batch: Batch) -> Batch:
@@ -113,9 +137,14 @@ class RefineStage(Stage):
         batch["quality_final_loss"] = np.asarray(batch["quality_final_loss"], np.float32).copy()
         batch["quality_flags"] = np.asarray(batch["quality_flags"], np.int32).copy()
         batch["quality_loss_terms"] = np.asarray(batch["quality_loss_terms"], dtype=object).copy()
-        rows = np.flatnonzero(ok)
-        if len(rows) == 0:
-            return batch
+        good = np.flatnonzero(ok)
+        tracks = batch["track_id"][good] if "track_id" in batch else np.full(len(good), "")
+        for chunk in identity_chunks(identities(tracks), self.config.chunk_size):
+            self._refine_rows(batch, good[chunk])
+        return batch
+
+    def _refine_rows(self, batch: Batch, rows: np.ndarray) -> None:
+        """Refine the rows ``rows  # [K]`` together and write them back (or fail them all)."""
         inputs = self.inputs(batch, rows)  # a missing column is the job's configuration error: raise
         if self.config.refine.ehm.silhouette > 0 and "image" in batch:
             cfg = self.config
@@ -127,9 +156,8 @@ class RefineStage(Stage):
             result = self.refiner.refine(inputs)
         except Exception as exc:  # noqa: BLE001 - the policy decides
             self.fail_rows(batch, rows, exc)
-            return batch
+            return
         self._write(batch, rows, result)
-        return batch
 
     @staticmethod
     def _write(batch: Batch, rows: np.ndarray, result: Any) -> None:

@@ -225,7 +225,7 @@ class WholeBodyOnnxStage(Stage):
     sessions open on first use.
     """
 
-    resources = StageResources(num_cpus=1.0, batch_size=16)
+    resources = StageResources(num_cpus=1.0)
     """Default actor resources (give the stage ``num_gpus`` in the job config on a GPU cluster)."""
 
     name = "keypoints"

@@ -153,7 +153,8 @@ FIELDS: tuple[Field, ...] = (
     _str("split", _P, 'Dataset split ("train", "val", ...); letters, digits and "_" only.', required=True,
          pattern=r"[A-Za-z0-9_]+"),
     _i32("person_index", "-", _P, "Index of the person within the sample (0-based).", required=True, **_COUNT),
-    _str("track_id", _P, 'Identity track within a video ("" for still images).'),
+    _str("track_id", _P, 'One person of one video clip: "<clip>#t<k>" ("<clip>#s<j>#t<k>" in segment j of a long clip); '
+                         '"" for still images.'),
     _i32("frame_index", "-", _P, "Frame number within the video (-1 for still images).", fill=-1),
     _i32("image_width", "px", _P, "Width of the source image.", required=True, **_SIZE),
     _i32("image_height", "px", _P, "Height of the source image.", required=True, **_SIZE),

@@ -126,7 +126,7 @@ class _TeaserStageBase(Stage):
     """Crops, batching and output mapping; subclasses open the network (their :attr:`model` resource)."""
 
     name = "face"
-    resources = StageResources(num_cpus=1.0, batch_size=32)
+    resources = StageResources(num_cpus=1.0)
     """Default actor resources (give the stage ``num_gpus`` in the job config on a GPU cluster)."""
     required = ("image", "mp_face_landmarks", "has_face")
     outputs = OUTPUT_FIELDS

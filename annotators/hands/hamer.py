@@ -190,7 +190,7 @@ class _HamerStageBase(Stage):
     sets ``crop_size`` and ``bbox_shape``) and run it (:meth:`_predict`)."""
 
     name = "hands"
-    resources = StageResources(num_cpus=1.0, batch_size=32)
+    resources = StageResources(num_cpus=1.0)
     """Default actor resources (give the stage ``num_gpus`` in the job config on a GPU cluster)."""
     required = ("image", "kp2d_wholebody")
     outputs = OUTPUT_FIELDS

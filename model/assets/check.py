@@ -137,7 +137,9 @@ def _validate(entry: AssetFile, path: Path, context: dict[str, Any]) -> str:
     raise ValueError(f"no validator for asset kind {kind!r}")
 
 
-_ERRORS: tuple[type[BaseException], ...] = (_Wrong, AssetFormatError, pickle.UnpicklingError, OSError, ValueError)
+_ERRORS: tuple[type[BaseException], ...] = (_Wrong, AssetFormatError, pickle.UnpicklingError, OSError, ValueError,
+                                            KeyError, IndexError, TypeError, EOFError, RecursionError, MemoryError)
+"""What a broken file raises while it is checked: reported as WRONG with the message, never a crash."""
 
 
 def check_assets(root: Path | str) -> list[CheckResult]:

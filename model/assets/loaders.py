@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -34,22 +35,41 @@ class AssetFormatError(ValueError):
 # ----------------------------------------------------------------------------------------------
 
 
-def npy_dtype(f: BinaryIO) -> np.dtype | None:
-    """The dtype in the header of the ``.npy`` stream ``f`` (positioned at its start; left after the
+def npy_header(f: BinaryIO) -> tuple[tuple[int, ...], np.dtype] | None:
+    """``(shape, dtype)`` in the header of the ``.npy`` stream ``f`` (positioned at its start; left after the
     header), or None for a header version numpy's public readers do not cover."""
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(f)[2]
-    if version == (2, 0):
-        return np.lib.format.read_array_header_2_0(f)[2]
-    return None
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        return None
+    return tuple(shape), dtype
+
+
+def npy_dtype(f: BinaryIO) -> np.dtype | None:
+    """The dtype in the header of the ``.npy`` stream ``f`` (see :func:`npy_header`)."""
+    header = npy_header(f)
+    return None if header is None else header[1]
 
 
 def _read_npy_bytes(data: bytes, source: str) -> np.ndarray:
-    """One ``.npy`` payload; object arrays go through the safe unpickler (numpy + containers)."""
+    """One ``.npy`` payload; object arrays go through the safe unpickler (numpy + containers). A header that
+    claims more data than the payload holds is refused before anything is allocated."""
     f = io.BytesIO(data)
-    dtype = npy_dtype(f)
+    try:
+        header = npy_header(f)
+    except ValueError as e:
+        raise AssetFormatError(f"{source}: not a readable .npy header: {e}") from None
+    dtype = None if header is None else header[1]
     if dtype is None or not dtype.hasobject:
+        if header is not None:
+            count = int(np.prod(header[0], dtype=np.float64)) if header[0] else 1
+            needed, have = count * dtype.itemsize, len(data) - f.tell()
+            if needed > have:
+                raise AssetFormatError(f"{source}: header claims shape {list(header[0])} of {dtype} ({needed} bytes) "
+                                       f"but the file holds {have} bytes of data: truncated or corrupt")
         return np.load(io.BytesIO(data), allow_pickle=False)
     arr = safe_loads(f.read(), source=source, allow_chumpy=False, allow_sparse=False)
     if not isinstance(arr, np.ndarray):
@@ -94,8 +114,9 @@ def read_asset(path: Path | str) -> Any:
                     if not member.endswith(".npy"):
                         continue
                     out[member[:-4]] = _unwrap(_read_npy_bytes(zf.read(member), f"{path}:{member}"))
-        except zipfile.BadZipFile as e:
-            raise AssetFormatError(f"{path} is not a valid .npz: {e}") from e
+        except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+            raise AssetFormatError(f"{path} is not a valid .npz (a corrupt or truncated member): "
+                                   f"{type(e).__name__}: {e}") from e
         return _join_sparse(out)
     raise AssetFormatError(f"{path}: unknown asset file type {suffix!r} (expected .pkl, .npz or .npy)")
 

@@ -157,10 +157,14 @@ def safe_loads(data: bytes, *, source: str, allow_chumpy: bool = True, allow_spa
         obj = unpickler.load()
     except UnsafePickleError:
         raise
+    except RecursionError:
+        raise pickle.UnpicklingError(f"cannot read {source} as a pickle: nested too deeply") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, MemoryError) as e:
         raise pickle.UnpicklingError(f"cannot read {source} as a pickle: {type(e).__name__}: {e}") from e
     try:
         return evaluate_chumpy(obj)
+    except RecursionError:
+        raise pickle.UnpicklingError(f"{source}: the pickle's content is nested too deeply") from None
     except (KeyError, ValueError, IndexError, TypeError) as e:
         raise pickle.UnpicklingError(f"{source}: malformed chumpy object: {type(e).__name__}: {e}") from e
 

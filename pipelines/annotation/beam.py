@@ -10,41 +10,35 @@ See ``docs/cluster.md``.
 Before and after the pipeline the launcher runs the Ray job's own driver steps
 (:func:`pipelines.annotation.job.open_job`: plan the shards, take OUT's run lock, apply the mode, skip
 committed shards, write ``OUT/manifest.json``; :func:`pipelines.annotation.job.finish_job`: the report);
-the pipeline in between is::
+the pipeline in between works on whole shards, as the Ray and plain-loop runners do::
 
-    Create(shard specs) -> samples -> BatchElements(load_batch_size) -> LoadFn
-      -> for each stage: BatchElements(stage batch_size) -> StageFn      (one row per element)
-      -> key by shard -> CoGroupByKey with the shard specs -> WriteShardFn (ShardSink, one shard)
+    Create(shard specs) -> LoadFn (read + decode one shard) -> for each stage: StageFn -> WriteShardFn (ShardSink)
 
-:class:`StageFn` wraps :class:`pipelines.annotation.runner.StageAdapter`, so a stage is built once per
-DoFn instance (``setup``) and called on whole batches, exactly as a Ray actor calls it. Each shard's rows meet
-on one worker, where the sink of the Ray job writes them sorted by key: the tar, Parquet and quarantine
-files have the same bytes as the Ray or plain-loop runner's for the same inputs and config.
+Every element is ``(shard spec, the shard's rows)``. :class:`StageFn` wraps
+:class:`pipelines.annotation.runner.StageAdapter`, so a stage is built once per DoFn instance (``setup``) and
+called once per shard, exactly as a Ray actor calls it: the tar, Parquet and quarantine files have the same
+bytes as the Ray or plain-loop runner's for the same inputs and config.
 """
 
 from __future__ import annotations
 
 import argparse
-import bisect
 import functools
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from annotators.batches import Batch, concat_batches, explode
+from annotators.batches import Batch
 from pipelines.annotation import config as cfg
 from pipelines.annotation import job as annotate_job
-from pipelines.io.shards import read_all_stats
-from pipelines.annotation.runner import RunPlan, StageAdapter, adapter_kwargs, timed_load
-from pipelines.io.samples import Sample
-from pipelines.io.shards import shard_name
+from pipelines.annotation.runner import RunPlan, StageAdapter, adapter_kwargs, load_shard
+from pipelines.io.shards import read_all_stats, shard_name
 from pipelines.io.sinks import ShardSink, ShardSpec
-from pipelines.io.sources import samples_to_batch
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +77,18 @@ def clock_snapshot(result: Any) -> dict[str, dict[str, float]]:
 
 
 class LoadFn(beam.DoFn):
-    """Read and decode a batch of samples (:func:`pipelines.io.sources.load_batch`); emits one row per sample."""
+    """Read and decode one shard (:func:`pipelines.annotation.runner.load_shard`)."""
 
     def __init__(self, max_pixels: int) -> None:
         self.max_pixels = max_pixels
 
-    def process(self, samples: Sequence[Sample]) -> Iterator[Batch]:
-        yield from explode(timed_load(samples_to_batch(samples), max_pixels=self.max_pixels, clock=BeamClock()))
+    def process(self, spec: ShardSpec) -> Iterator[tuple[ShardSpec, Batch]]:
+        yield spec, load_shard(spec, max_pixels=self.max_pixels, clock=BeamClock())
 
 
 class StageFn(beam.DoFn):
-    """One pipeline stage: ``setup`` builds it (models load once per DoFn instance), ``process`` runs it
-    on a batch of rows (from ``BatchElements``) and emits its output rows one by one.
+    """One pipeline stage: ``setup`` builds it (models load once per DoFn instance), ``process`` runs it on
+    one shard's rows.
 
     ``adapter_kwargs``: the keyword arguments of :class:`pipelines.annotation.runner.StageAdapter` (its ``clock`` is
     replaced by a :class:`BeamClock`).
@@ -107,29 +101,14 @@ class StageFn(beam.DoFn):
     def setup(self) -> None:
         self.adapter = StageAdapter(**{**self.adapter_kwargs, "clock": BeamClock()})
 
-    def process(self, rows: Sequence[Batch]) -> Iterator[Batch]:
-        yield from explode(self.adapter(concat_batches(rows)))
-
-
-class ShardOf:
-    """The shard index of a row, from its ``sample_key`` and the first sample key of every shard."""
-
-    def __init__(self, shards: Sequence[ShardSpec]) -> None:
-        ordered = sorted(shards, key=lambda s: s.index)
-        self.first_keys = [s.samples[0].sample_key for s in ordered]
-        self.indices = [s.index for s in ordered]
-
-    def __call__(self, row: Batch) -> tuple[int, Batch]:
-        pos = bisect.bisect_right(self.first_keys, str(row["sample_key"][0])) - 1
-        return self.indices[pos], row
+    def process(self, element: tuple[ShardSpec, Batch]) -> Iterator[tuple[ShardSpec, Batch]]:
+        spec, rows = element
+        yield spec, self.adapter(dict(rows))
 
 
 class WriteShardFn(beam.DoFn):
-    """Write one complete shard with the Ray job's sink; emits the shard's stats.
-
-    Input: ``(index, {"spec": [ShardSpec], "rows": [one-row batches]})`` from ``CoGroupByKey``. Raises
-    :class:`pipelines.io.sinks.IncompleteShardsError` when rows are missing (the runner retries the bundle).
-    """
+    """Write one complete shard with the Ray job's sink; emits the shard's stats. Raises
+    :class:`pipelines.io.sinks.IncompleteShardsError` when rows are missing (the runner retries the bundle)."""
 
     def __init__(self, out: str, split: str, run_fields: Mapping[str, str], parquet_images: bool) -> None:
         self.out, self.split, self.run_fields, self.parquet_images = out, split, dict(run_fields), parquet_images
@@ -137,13 +116,11 @@ class WriteShardFn(beam.DoFn):
     def setup(self) -> None:
         self.fs, self.root = annotate_job.output_filesystem(self.out)
 
-    def process(self, element: tuple[int, Mapping[str, Iterable[Any]]]) -> Iterator[dict[str, Any]]:
-        _, grouped = element
-        (spec,) = list(grouped["spec"])
+    def process(self, element: tuple[ShardSpec, Batch]) -> Iterator[dict[str, Any]]:
+        spec, rows = element
         committed: list[dict[str, Any]] = []
         sink = ShardSink(self.fs, self.root, self.split, [spec], self.run_fields, parquet_images=self.parquet_images,
                          on_commit=lambda name, stats: committed.append(stats))
-        rows = concat_batches(list(grouped["rows"]))
         if rows:
             sink.add(rows)
         sink.finish()
@@ -153,22 +130,13 @@ class WriteShardFn(beam.DoFn):
 def build_pipeline(pipeline: beam.Pipeline, plan: RunPlan, out: str, run_fields: Mapping[str, str]) -> Any:
     """Add the job's transforms to ``pipeline``; returns the PCollection of committed shards' stats."""
     c = plan.config
-    specs = pipeline | "shards" >> beam.Create(plan.shards)
-    rows = (specs
-            | "samples" >> beam.FlatMap(lambda spec: spec.samples)
-            | "batch load" >> beam.BatchElements(min_batch_size=c.source.load_batch_size,
-                                                 max_batch_size=c.source.load_batch_size)
-            | "load" >> beam.ParDo(LoadFn(c.source.max_pixels)))
+    shards = (pipeline
+              | "shards" >> beam.Create(plan.shards)
+              | "reshuffle" >> beam.Reshuffle()  # spread the shards over the workers
+              | "load" >> beam.ParDo(LoadFn(c.source.max_pixels)))
     for index, spec in enumerate(c.stages):
-        size = spec.resources.batch_size
-        rows = (rows
-                | f"batch {spec.name}" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
-                | spec.name >> beam.ParDo(StageFn(adapter_kwargs(plan, index, None))))
-    keyed_rows = rows | "key by shard" >> beam.Map(ShardOf(plan.shards))
-    keyed_specs = specs | "key specs" >> beam.Map(lambda spec: (spec.index, spec))
-    return ({"spec": keyed_specs, "rows": keyed_rows}
-            | "group shards" >> beam.CoGroupByKey()
-            | "write shards" >> beam.ParDo(WriteShardFn(out, c.sink.split, run_fields, c.sink.parquet_images)))
+        shards = shards | spec.name >> beam.ParDo(StageFn(adapter_kwargs(plan, index, None)))
+    return shards | "write shards" >> beam.ParDo(WriteShardFn(out, c.sink.split, run_fields, c.sink.parquet_images))
 
 
 # --------------------------------------------------------------------------------------------------

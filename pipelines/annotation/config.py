@@ -12,7 +12,7 @@ A config file mirrors the dataclasses::
     stages:
       - persons                      # an annotator name (its single registered backend) ...
       - name: keypoints/mediapipe    # ... or a registry name with resources and stage options
-        resources: {num_cpus: 0.5, num_gpus: 0, batch_size: 8, num_actors: 2}
+        resources: {num_cpus: 0.5, num_gpus: 0, num_actors: 2}
         options: {}
     sink: {out: runs/demo, split: train, images_per_shard: 64}
     ray: {address: null, num_cpus: null}
@@ -30,7 +30,7 @@ from typing import Any
 
 from annotators.base import STAGES, StageConfigError, StageResources, build_config, config_to_dict
 
-STAGE_ORDER = ("persons", "keypoints", "body", "hands", "face", "refine", "quality")
+STAGE_ORDER = ("persons", "keypoints", "track", "body", "hands", "face", "refine", "quality")
 """Annotators in data-flow order (``docs/annotate.md``); a stage's registry name is ``"<annotator>/<backend>"``."""
 
 PERSONS_ANNOTATOR = "persons"
@@ -39,6 +39,7 @@ PERSONS_ANNOTATOR = "persons"
 DEFAULT_STAGES = (
     "persons/mediapipe",
     "keypoints/mediapipe",
+    "track/iou-oks",
     "body/auto",
     "hands/mano-ik",
     "face/flame-fit",
@@ -46,7 +47,8 @@ DEFAULT_STAGES = (
     "quality/default",
 )
 """Stages run when neither the config file nor ``--stages`` names any: the whole EHM annotation with the
-embedded backends (MediaPipe, SMPL label transfer or keypoint fit, MANO IK, FLAME fit, refinement, quality).
+embedded backends (MediaPipe, person tracks in videos, SMPL label transfer or keypoint fit, MANO IK, FLAME fit,
+refinement, quality).
 Their default CPU shares (0.25 each) fit a 2-core machine beside the read tasks."""
 
 MODES = ("incremental", "overwrite")
@@ -71,8 +73,11 @@ class SourceConfig:
     """Images with more pixels than this are quarantined unread (decompression-bomb guard)."""
     limit: int | None = None
     """Annotate only the first ``limit`` samples in key order (``None``: all)."""
-    load_batch_size: int = 4
-    """Samples per read-and-decode task."""
+    max_clip_frames: int = 512
+    """Most frames of one video (after ``video_stride``) annotated as one unit: a clip is one shard of its own,
+    tracked and sharing identities over all its frames; a longer clip is cut into equal segments of at most this
+    many frames, each its own shard with its own tracks (``track_id`` ``<clip>#s<j>#t<k>``). Its decoded frames
+    are held in memory together (about 2.7 MB per 720p frame)."""
     load_num_cpus: float = 0.25
     """CPU share of each read-and-decode task (fractional so reads run beside the stage actors)."""
 
@@ -105,7 +110,13 @@ class SinkConfig:
     split: str = "train"
     """Split name in shard names and records (letters, digits and ``_``)."""
     images_per_shard: int = 64
-    """Samples (images or video frames) per shard: the unit of work, commit and resume."""
+    """Still images per shard: the unit of work, commit and resume (a video clip is a shard of its own, see
+    ``source.max_clip_frames``)."""
+    crop_scale: float = 2.0
+    """Side of each person's ``crop.jpg``, in person-box sides (``crop_xyxy`` records its exact image region):
+    room for a trainer's scale, rotation and shift augmentation around the box."""
+    crop_size: int = 384
+    """Side of ``crop.jpg`` in px."""
     parquet_images: bool = False
     """Also store each person's crop JPEG in the Parquet shards (``crop_jpeg`` column)."""
     mode: str = "incremental"
@@ -119,8 +130,9 @@ class RayConfig:
     """How the job reaches Ray."""
 
     address: str | None = None
-    """Cluster to join (``auto``, ``ray://host:10001``, ``host:6379``); default: ``RAY_ADDRESS``, a running
-    local cluster, or a new local one."""
+    """Cluster to join (``auto``, ``ray://host:10001``, ``host:6379``); default: ``RAY_ADDRESS``, else a new
+    private local Ray that lives as long as the job (another Ray running on the machine is never joined
+    unless named)."""
     num_cpus: int | None = None
     """CPUs of a newly started local Ray (default: all of this machine's)."""
     object_store_memory: int | None = None
@@ -144,7 +156,10 @@ class AnnotateConfig:
     body_models: str = "synthetic"
     """Body-model folder in the official layout, or ``synthetic`` for the cached synthetic kit."""
     seed: int = 0
-    """Seed handed to stages whose config has a ``seed`` field."""
+    """The job's seed, handed to every stage through its stage context."""
+    torch_threads: int = 1
+    """Intra-op threads of torch in every stage call (Ray actors and the plain loop alike): the fitted values'
+    last bits depend on it, so it is part of the config hash."""
     runner: str = "ray"
     """``ray`` (Ray Data actor pools) or ``loop`` (the same stages in one process, for debugging)."""
 
@@ -191,6 +206,10 @@ def _stage_spec(item: Any, where: str) -> StageSpec:
         raise ConfigError(f"{where} must be a stage name or a mapping with a 'name'")
     data = dict(item)
     if data.get("resources") is not None:
+        if isinstance(data["resources"], dict) and "batch_size" in data["resources"]:
+            raise ConfigError(f"{where}.resources.batch_size: a stage is called once per shard with all its rows, so "
+                              "there is no per-call batch to size; set the stage's own batching option instead "
+                              "(chunk_size of the fitting stages, batch_size of the network backends)")
         data["resources"] = _from_dict(StageResources, data["resources"], f"{where}.resources")
     return _from_dict(StageSpec, data, where)
 
@@ -242,8 +261,15 @@ def resolve(config: AnnotateConfig) -> AnnotateConfig:
         raise ConfigError(f"runner {config.runner!r}: use one of {', '.join(RUNNERS)}")
     if config.sink.images_per_shard < 1:
         raise ConfigError(f"images_per_shard must be >= 1, got {config.sink.images_per_shard}")
+    if not config.sink.crop_scale > 0 or config.sink.crop_size < 1:
+        raise ConfigError(f"crop_scale must be > 0 and crop_size >= 1, got {config.sink.crop_scale} and "
+                          f"{config.sink.crop_size}")
     if config.source.video_stride < 1:
         raise ConfigError(f"video_stride must be >= 1, got {config.source.video_stride}")
+    if config.source.max_clip_frames < 1:
+        raise ConfigError(f"max_clip_frames must be >= 1, got {config.source.max_clip_frames}")
+    if config.torch_threads < 1:
+        raise ConfigError(f"torch_threads must be >= 1, got {config.torch_threads}")
     if not config.sink.split or not all(c.isalnum() or c == "_" for c in config.sink.split):
         raise ConfigError(f"split {config.sink.split!r}: use letters, digits and '_' only")
     specs = config.stages or [StageSpec(name=n) for n in DEFAULT_STAGES]
@@ -258,8 +284,8 @@ def resolve(config: AnnotateConfig) -> AnnotateConfig:
     check_stage_order(resolved)
     for spec in resolved:
         r = spec.resources
-        if r.num_actors < 1 or r.batch_size < 1 or r.num_cpus < 0 or r.num_gpus < 0:
-            raise ConfigError(f"stage {spec.name}: resources {r} need num_actors, batch_size >= 1 and shares >= 0")
+        if r.num_actors < 1 or r.num_cpus < 0 or r.num_gpus < 0:
+            raise ConfigError(f"stage {spec.name}: resources {r} need num_actors >= 1 and shares >= 0")
     return dataclasses.replace(config, stages=resolved)
 
 
@@ -296,10 +322,11 @@ def config_hash(config: AnnotateConfig) -> str:
     split and shard layout, seed. Excluded: ``out``, ``mode``, resources, Ray settings, runner."""
     data = to_dict(config)
     decisive = {
-        "source": {k: v for k, v in data["source"].items() if k not in ("load_batch_size", "load_num_cpus")},
+        "source": {k: v for k, v in data["source"].items() if k != "load_num_cpus"},
         "stages": [{"name": s["name"], "options": s["options"]} for s in data["stages"]],
-        "sink": {k: data["sink"][k] for k in ("split", "images_per_shard", "parquet_images")},
+        "sink": {k: data["sink"][k] for k in ("split", "images_per_shard", "parquet_images", "crop_scale", "crop_size")},
         "seed": data["seed"],
+        "torch_threads": data["torch_threads"],
     }
     text = json.dumps(decisive, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]

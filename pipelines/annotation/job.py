@@ -46,13 +46,12 @@ from pipelines.io.quarantine import QUARANTINE_DIR, clean_quarantine_temporaries
 from pipelines.io.runlock import LockedError, RunLock
 from pipelines.io.samples import SourceError
 from pipelines.io.shards import clean_temporaries, committed_shards, read_all_stats, shard_name
-from pipelines.io.sinks import IncompleteShardsError, ShardSink, ShardSpec, keys_sha256, plan_shards
-from pipelines.io.sources import discover_samples
+from pipelines.io.sinks import PARTITION_RULE, IncompleteShardsError, ShardSink, ShardSpec, keys_sha256, plan_shards
+from pipelines.io.sources import discover
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-PARTITION_RULE = "samples sorted by sample_key, cut into consecutive runs of images_per_shard"
 OUTPUT_DIRS = ("wds", "parquet", "stats", QUARANTINE_DIR)
 
 
@@ -95,6 +94,8 @@ class JobPlan:
     shards: list[ShardSpec]
     body_models: BodyModels
     config_hash: str
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    """Files of the inputs that are not samples, ``(path, reason)`` (listed in the report)."""
 
     @property
     def samples(self) -> int:
@@ -104,24 +105,27 @@ class JobPlan:
 def plan_job(config: cfg.AnnotateConfig, *, make_kit: bool = True) -> JobPlan:
     """Resolve the config, list the samples and cut them into shards (no output is touched)."""
     config = cfg.resolve(config)
-    samples = discover_samples(config.source.inputs, image_root=config.source.image_root,
-                               video_stride=config.source.video_stride)
+    found = discover(config.source.inputs, image_root=config.source.image_root,
+                     video_stride=config.source.video_stride, max_clip_frames=config.source.max_clip_frames)
+    samples = found.samples
     if config.source.limit is not None:
         samples = samples[: config.source.limit]
     body_models = resolve_body_models(config.body_models, create=make_kit)
-    return JobPlan(config, plan_shards(samples, config.sink.images_per_shard), body_models, cfg.config_hash(config))
+    return JobPlan(config, plan_shards(samples, config.sink.images_per_shard), body_models, cfg.config_hash(config),
+                   found.skipped)
 
 
 def describe_plan(plan: JobPlan, runner: str | None = None) -> str:
     """The resolved config, the stage plan with resources, and the shard plan (what ``--dry-run`` prints);
     ``runner`` names the runner when it is not the config's (the Beam launcher's ``beam``)."""
     c = plan.config
-    lines = ["resolved config:", json.dumps(cfg.to_dict(c), indent=2, sort_keys=True), "", "stage plan:",
-             f"  read+decode: tasks, num_cpus={c.source.load_num_cpus}, batch_size={c.source.load_batch_size}"]
+    lines = ["resolved config:", json.dumps(cfg.to_dict(c), indent=2, sort_keys=True), "", "stage plan (each stage "
+             f"called once per shard, torch_threads={c.torch_threads}):",
+             f"  read+decode: a task per shard, num_cpus={c.source.load_num_cpus}"]
     for spec in c.stages:
         r = spec.resources
         lines.append(f"  {spec.name}: {r.num_actors} actor(s), num_cpus={r.num_cpus}, num_gpus={r.num_gpus}, "
-                     f"batch_size={r.batch_size}, options={json.dumps(spec.options, sort_keys=True)}")
+                     f"options={json.dumps(spec.options, sort_keys=True)}")
     lines += ["  sink: driver, WebDataset + Parquet + stats + quarantine per shard", "",
               f"body models: {plan.body_models.folder} ({plan.body_models.kit})", f"config hash: {plan.config_hash}",
               f"samples: {plan.samples}, shards: {len(plan.shards)} of up to {c.sink.images_per_shard} "
@@ -299,7 +303,7 @@ def finish_job(job: JobRun, *, wall_s: float, timings: dict[str, dict[str, float
            "shards_skipped": len(job.plan.shards) - len(job.todo), "shards_committed": shards_committed,
            "samples_this_run": samples}
     stats = [s for s in read_all_stats(job.fs, job.root) if s["split"] == c.sink.split]
-    report = build_report(run, timings, stats)
+    report = build_report(run, timings, stats, job.plan.skipped)
     _, html_path = write_report(job.fs, job.root, report)
     log.info("done: %d persons written, %d quarantined over %d shard(s); report: %s", report["totals"]["persons"],
              report["totals"]["quarantined"], report["totals"]["shards"], html_path)

@@ -34,9 +34,15 @@ def stage_throughput(timings: Mapping[str, Mapping[str, float]]) -> dict[str, di
     return out
 
 
+SKIPPED_LISTED = 200
+"""Most skipped files the report names (all are counted)."""
+
+
 def build_report(run: Mapping[str, Any], timings: Mapping[str, Mapping[str, float]],
-                 stats: list[dict[str, Any]]) -> dict[str, Any]:
-    """The report.json content: ``run`` (as given), ``throughput`` and ``totals``."""
+                 stats: list[dict[str, Any]], skipped: list[tuple[str, str]] = ()) -> dict[str, Any]:
+    """The report.json content: ``run`` (as given), ``throughput``, ``totals`` and ``skipped_files`` (the
+    inputs' files that were not samples, ``(path, reason)``: every file is either annotated, quarantined or
+    listed here)."""
     wall = float(run.get("wall_s") or 0.0)
     samples = int(run.get("samples_this_run") or 0)
     return {
@@ -44,6 +50,8 @@ def build_report(run: Mapping[str, Any], timings: Mapping[str, Mapping[str, floa
         "throughput": {"images_per_s": round(samples / wall, 3) if wall > 0 else None,
                        "stages": stage_throughput(timings)},
         "totals": shard_stats_totals(stats),
+        "skipped_files": {"count": len(skipped),
+                          "files": [{"path": p, "reason": r} for p, r in list(skipped)[:SKIPPED_LISTED]]},
     }
 
 
@@ -116,6 +124,11 @@ def render_html(report: Mapping[str, Any]) -> str:
         "<h3>Quarantined by stage and kind</h3>",
         _table(sorted(tot["quarantined_by_reason"].items()), ("stage: kind", "samples/persons"))
         if tot["quarantined_by_reason"] else "<p>none</p>",
+        "<h3>Files skipped (not samples)</h3>",
+        (_table([(f["path"], f["reason"]) for f in report["skipped_files"]["files"]], ("file", "reason"))
+         + (f"<p>... and {report['skipped_files']['count'] - len(report['skipped_files']['files'])} more</p>"
+            if report["skipped_files"]["count"] > len(report["skipped_files"]["files"]) else ""))
+        if report.get("skipped_files", {}).get("count") else "<p>none</p>",
         "<h2>Throughput (this run)</h2>", f"<p>end to end: {thr['images_per_s']} images/s</p>",
         _table([(name, s["calls"], s["rows_in"], s["rows_out"], s["seconds"], s["rows_per_s"])
                 for name, s in thr["stages"].items()],

@@ -1,8 +1,14 @@
-"""Executing the stage plan: on Ray Data actor pools, or in a plain Python loop.
+"""Executing the stage plan: on Ray Data actor pools, in a plain Python loop, or on Beam (its own module).
 
-Both runners call the same objects in the same order::
+The unit of work is the **shard**: every runner loads a whole shard (its samples, read and decoded), then
+calls each stage **once on all of the shard's rows**, in plan order, and hands the result to the sink::
 
-    descriptors -> load_batch (read + decode) -> StageAdapter(persons) -> StageAdapter(keypoints) -> ... -> ShardSink
+    shard spec -> load_shard (read + decode) -> StageAdapter(persons) -> StageAdapter(keypoints) -> ... -> ShardSink
+
+So the rows a stage sees together are a function of the shard plan alone, never of resources, actors or
+the runner; stages that batch (the fits, the networks) cut the shard's rows into chunks by their own
+options, and every stage call runs under the job's ``torch_threads``. The same inputs, config and seed give
+the same bytes whether the job runs on Ray or in the loop, with one actor or many, uninterrupted or resumed.
 
 - :class:`StageAdapter` wraps one registered stage: it builds the stage once (``__init__``), times each
   call, and after the **persons** stage re-attaches the sample columns to the person rows, adds one
@@ -11,26 +17,26 @@ Both runners call the same objects in the same order::
   **last** stage it encodes the person crop to JPEG (``crop_jpeg``) and drops the image columns, so that
   only record fields travel to the sink.
 - :func:`run_loop` runs them in this process, shard by shard (tests, debugging, the benchmark baseline).
-- :func:`run_ray` builds one streaming Ray Data plan: one block of descriptors per shard, read tasks
-  (``map_batches`` with a function, fractional ``num_cpus``), one actor pool per stage
-  (``map_batches`` with the adapter class, ``compute=ActorPoolStrategy(size=num_actors)``,
-  ``num_cpus``/``num_gpus`` from the stage's resources, fixed ``batch_size``), and the driver consuming
-  the output stream into the sink, which commits shards while the job runs. (Ray Data fuses the read
-  step into the first actor pool when both ask for the same resources.) Ray Data restarts dead actors and retries their
-  tasks; the sink counts each ``(sample, person)`` row once, so a killed actor loses and duplicates nothing.
+- :func:`run_ray` builds one streaming Ray Data plan whose rows are shards: a read task per shard
+  (``map_batches`` with a function, fractional ``num_cpus``), one actor pool per stage (``map_batches`` with
+  :class:`ShardStep`, ``compute=ActorPoolStrategy(size=num_actors)``, ``num_cpus``/``num_gpus`` from the
+  stage's resources, one shard per call), and the driver consuming the output stream into the sink, which
+  commits each shard as it arrives. Ray Data restarts dead actors and retries their tasks; the sink
+  counts each ``(sample, person)`` row once, so a killed actor loses and duplicates nothing.
 
 Per-stage busy time and row counts go to a :class:`StageClock` (a Ray actor under Ray).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,12 +45,13 @@ import numpy as np
 
 import schemas
 from annotators.base import ERROR_REASON, ERROR_STAGE, StageContext, build_config, ensure_error_columns, error_digest
-from annotators.batches import Batch, batch_len, concat_batches, placeholder_rows, split_batch, take_rows
+from annotators.batches import Batch, batch_len, concat_batches, placeholder_rows, take_rows
 from annotators.persons import NO_PERSON
 from pipelines.annotation.config import PERSONS_ANNOTATOR, AnnotateConfig, RayConfig, stage_class
+from pipelines.annotation.ray_reaper import start_reaper
 from pipelines.io.body_models import cached_kit
 from pipelines.io.sinks import CROP_JPEG, NO_PERSONS, SAMPLE_ROWS, ShardSink, ShardSpec
-from pipelines.io.sources import SAMPLE_COLUMNS, load_batch, samples_to_batch
+from pipelines.io.sources import load_batch, samples_to_batch
 
 log = logging.getLogger(__name__)
 
@@ -143,15 +150,19 @@ class StageAdapter:
         context: run-level values for its config.
         clock: where call timings go (a :class:`StageClock` or :class:`RemoteClock`), or None.
         last: True for the last stage of the plan (encodes crops, drops image columns).
-        crop_size: side in px of the crop JPEG made when no stage made one.
+        crop_scale: side of the crop JPEG made when no stage made one, in person-box sides.
+        crop_size: its side in px.
+        torch_threads: torch's intra-op threads during each call.
     """
 
     def __init__(self, stage_cls: type, spec_name: str, options: Mapping[str, Any], context: StageContext, *,
-                 clock: Any = None, last: bool = False, crop_size: int = 256) -> None:
+                 clock: Any = None, last: bool = False, crop_scale: float = 2.0, crop_size: int = 384,
+                 torch_threads: int = 1) -> None:
         self.name = spec_name
         self.persons = spec_name.split("/", 1)[0] == PERSONS_ANNOTATOR
         self.last = last
-        self.crop_size = crop_size
+        self.crop_scale, self.crop_size = crop_scale, crop_size
+        self.torch_threads = torch_threads
         self.clock = clock
         if context.body_models_cached:
             cached_kit(Path(context.body_models))  # a worker node may not have the cache yet
@@ -164,17 +175,18 @@ class StageAdapter:
         for col in (ERROR_STAGE, ERROR_REASON):
             batch[col] = batch[col].copy()  # zero-copy batches are read-only
         n_in = batch_len(batch)
-        try:
-            out = self.stage(dict(batch))
-        except Exception as exc:  # noqa: BLE001 - a stage bug must not sink the batch: isolate the bad rows
-            log.warning("stage %s failed on a batch of %d (%s); retrying its rows one by one", self.name, n_in,
-                        error_digest(exc))
-            out = self._row_by_row(batch)
+        with torch_threads(self.torch_threads):
+            try:
+                out = self.stage(dict(batch))
+            except Exception as exc:  # noqa: BLE001 - a stage bug must not sink the shard: isolate the bad rows
+                log.warning("stage %s failed on a shard of %d rows (%s); retrying its rows one by one", self.name,
+                            n_in, error_digest(exc))
+                out = self._row_by_row(batch)
         ensure_error_columns(out)
         if self.persons:
             out = account_samples(batch, out, self.name)
         if self.last:
-            out = finish_rows(out, self.crop_size)
+            out = finish_rows(out, self.crop_scale, self.crop_size)
         if self.clock is not None:
             self.clock.record(self.name, time.perf_counter() - t0, n_in, batch_len(out))
         return out
@@ -236,10 +248,10 @@ def account_samples(inputs: Batch, outputs: Batch, stage: str) -> Batch:
     return outputs
 
 
-def finish_rows(batch: Batch, crop_size: int) -> Batch:
+def finish_rows(batch: Batch, crop_scale: float, crop_size: int) -> Batch:
     """Before the sink: keep only :data:`SINK_COLUMNS`, with ``crop_jpeg`` for good rows: from a ``crop``
-    column, else cropped here from ``image`` around ``bbox_xyxy`` (1.25x, ``crop_size`` px; this also
-    sets ``crop_xyxy``)."""
+    column, else cropped here from ``image`` around ``bbox_xyxy`` (``crop_scale`` box sides, ``crop_size``
+    px; this also sets ``crop_xyxy``, the exact image region the crop shows)."""
     from annotators.images import crop_person, encode_jpeg
 
     n = batch_len(batch)
@@ -254,7 +266,8 @@ def finish_rows(batch: Batch, crop_size: int) -> Batch:
             if not from_image:
                 jpegs[i] = encode_jpeg(batch["crop"][i]) if "crop" in batch else None
                 continue
-            crop, to_image = crop_person(batch["image"][i], batch["bbox_xyxy"][i], out_size=crop_size)
+            crop, to_image = crop_person(batch["image"][i], batch["bbox_xyxy"][i], scale=crop_scale,
+                                         out_size=crop_size)
             jpegs[i] = encode_jpeg(crop)
             x0, y0 = to_image[:, 2]
             crop_xyxy[i] = (x0, y0, x0 + to_image[0, 0] * crop_size, y0 + to_image[1, 1] * crop_size)
@@ -264,10 +277,24 @@ def finish_rows(batch: Batch, crop_size: int) -> Batch:
     return {k: v for k, v in batch.items() if k in SINK_COLUMNS}
 
 
-def timed_load(batch: Batch, *, max_pixels: int, clock: Any = None) -> Batch:
-    """:func:`pipelines.io.sources.load_batch`, timed into ``clock`` as :data:`LOAD`."""
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with torch's intra-op thread count set to ``count`` (restored afterwards)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def load_shard(spec: ShardSpec, *, max_pixels: int, clock: Any = None) -> Batch:
+    """One shard's samples as rows, read and decoded (:func:`pipelines.io.sources.load_batch`), timed into
+    ``clock`` as :data:`LOAD`."""
     t0 = time.perf_counter()
-    out = load_batch(batch, max_pixels=max_pixels)
+    out = load_batch(samples_to_batch(spec.samples), max_pixels=max_pixels)
     if clock is not None:
         n = batch_len(out)
         clock.record(LOAD, time.perf_counter() - t0, n, n)
@@ -289,8 +316,6 @@ class RunPlan:
     """Shards still to do."""
     context: StageContext
     """Run-level values for stage configs."""
-    crop_size: int = 256
-    """Side in px of crop JPEGs made by the adapter."""
 
 
 def adapter_kwargs(plan: RunPlan, index: int, clock: Any) -> dict[str, Any]:
@@ -298,29 +323,29 @@ def adapter_kwargs(plan: RunPlan, index: int, clock: Any) -> dict[str, Any]:
     spec = plan.config.stages[index]
     return {"stage_cls": stage_class(spec.name), "spec_name": spec.name, "options": dict(spec.options),
             "context": plan.context, "clock": clock, "last": index == len(plan.config.stages) - 1,
-            "crop_size": plan.crop_size}
+            "crop_scale": plan.config.sink.crop_scale, "crop_size": plan.config.sink.crop_size,
+            "torch_threads": plan.config.torch_threads}
 
 
 def run_loop(plan: RunPlan, sink: ShardSink, clock: StageClock | None = None) -> None:
-    """Run the plan in this process, shard by shard, each stage over batches of its ``batch_size``."""
+    """Run the plan in this process, shard by shard, each stage once per shard."""
     stages = [StageAdapter(**adapter_kwargs(plan, i, clock)) for i in range(len(plan.config.stages))]
-    sizes = [s.resources.batch_size for s in plan.config.stages]
     for spec in plan.shards:
-        batch = samples_to_batch(spec.samples)
-        batch = concat_batches([timed_load(b, max_pixels=plan.config.source.max_pixels, clock=clock)
-                                for b in split_batch(batch, plan.config.source.load_batch_size)])
-        for stage, size in zip(stages, sizes):
-            batch = concat_batches([stage(b) for b in split_batch(batch, size)])
+        batch = load_shard(spec, max_pixels=plan.config.source.max_pixels, clock=clock)
+        for stage in stages:
+            batch = stage(batch)
         sink.add(batch)
     sink.finish()
 
 
 def connect_ray(config: RayConfig) -> None:
-    """Join a Ray cluster, or start a local one (see ``docs/annotate.md``).
+    """Join the Ray cluster the job is told to use, or start a private local one (see ``docs/annotate.md``).
 
-    Order: already initialised in this process; ``config.address`` or ``RAY_ADDRESS``; a cluster already
-    running on this machine (``ray start``, ``ray submit``); else a new local Ray with ``num_cpus`` and
-    ``object_store_memory`` from the config, whose workers find pearl's packages through ``PYTHONPATH``.
+    Order: already initialised in this process (a test, a notebook); ``config.address`` (``--ray-address``) or
+    ``RAY_ADDRESS`` (set by ``ray job submit`` and ``ray submit``); else a **private** local Ray with
+    ``num_cpus`` and ``object_store_memory`` from the config, whose workers find pearl's packages through
+    ``PYTHONPATH`` — never another program's Ray that happens to run on the machine. A watchdog
+    (:mod:`pipelines.annotation.ray_reaper`) stops the private Ray if the job's process dies without doing so.
     """
     import ray
 
@@ -331,34 +356,48 @@ def connect_ray(config: RayConfig) -> None:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address)
         return
-    try:
-        ray.init(address="auto")
-        log.info("joined the Ray cluster running on this machine")
-        return
-    except ConnectionError:
-        pass
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    log.info("no Ray cluster found: starting a local Ray (num_cpus=%s)", config.num_cpus or "all")
-    ray.init(num_cpus=config.num_cpus, object_store_memory=config.object_store_memory, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    log.info("starting a private local Ray for this job (num_cpus=%s); pass --ray-address to join a cluster",
+             config.num_cpus or "all")
+    ray.init(address="local", num_cpus=config.num_cpus, object_store_memory=config.object_store_memory,
+             include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    start_reaper()
 
 
-def descriptor_table(spec: ShardSpec) -> Any:
-    """One shard's sample descriptors as an Arrow table (a Ray Data block)."""
-    import pyarrow as pa
+SHARD = "shard"
+"""Column of the Ray Data rows: the shard index."""
+PAYLOAD = "payload"
+"""Column of the Ray Data rows: the shard's rows (a batch, as one Python object)."""
 
-    batch = samples_to_batch(spec.samples)
-    columns = {c: pa.array(list(batch[c]), type=pa.string()) for c in (*SAMPLE_COLUMNS, ERROR_STAGE, ERROR_REASON)
-               if c != "frame_index"}
-    columns["frame_index"] = pa.array(batch["frame_index"], type=pa.int32())
-    return pa.table(columns)
+
+def _payload_rows(indices: Sequence[int], payloads: Sequence[Batch]) -> Batch:
+    column = np.empty(len(payloads), dtype=object)
+    for i, payload in enumerate(payloads):
+        column[i] = payload
+    return {SHARD: np.asarray(indices, np.int64), PAYLOAD: column}
+
+
+def load_shards(rows: Batch, *, shards: Mapping[int, ShardSpec], max_pixels: int, clock: Any = None) -> Batch:
+    """Ray Data read step: rows of shard indices -> rows of loaded shards (:func:`load_shard`)."""
+    indices = [int(i) for i in rows[SHARD]]
+    return _payload_rows(indices, [load_shard(shards[i], max_pixels=max_pixels, clock=clock) for i in indices])
+
+
+class ShardStep:
+    """Ray Data actor of one stage: each row's shard through a :class:`StageAdapter` (built once per actor)."""
+
+    def __init__(self, **adapter_kwargs: Any) -> None:
+        self.adapter = StageAdapter(**adapter_kwargs)
+
+    def __call__(self, rows: Batch) -> Batch:
+        return _payload_rows(rows[SHARD], [self.adapter(dict(p)) for p in rows[PAYLOAD]])
 
 
 def run_ray(plan: RunPlan, sink: ShardSink, clock: RemoteClock | None = None,
             progress: Callable[[], None] | None = None) -> None:
-    """Run the plan as one streaming Ray Data job; the driver feeds the output stream to ``sink``.
+    """Run the plan as one streaming Ray Data job over shards; the driver feeds each finished shard to ``sink``.
 
-    ``progress`` is called after every output block (the driver's progress reporting).
+    ``progress`` is called after every finished shard (the driver's progress reporting).
     """
     import ray
     import ray.data
@@ -375,20 +414,22 @@ def run_ray(plan: RunPlan, sink: ShardSink, clock: RemoteClock | None = None,
         log.warning("the stage actors reserve %.2f of the cluster's %.2f CPUs, leaving less than a read task's %.2f: "
                     "Ray Data may stall unless the cluster scales up; lower the stages' num_cpus or num_actors",
                     reserved, available, plan.config.source.load_num_cpus)
-    ds = ray.data.from_arrow([descriptor_table(s) for s in plan.shards])
-    ds = ds.map_batches(timed_load, fn_kwargs={"max_pixels": plan.config.source.max_pixels, "clock": clock},
-                        batch_size=plan.config.source.load_batch_size, num_cpus=plan.config.source.load_num_cpus,
-                        batch_format="numpy", zero_copy_batch=True)
+    shards = {spec.index: spec for spec in plan.shards}
+    ds = ray.data.from_items([{SHARD: i} for i in sorted(shards)], override_num_blocks=len(shards))
+    ds = ds.map_batches(load_shards, fn_kwargs={"shards": shards, "max_pixels": plan.config.source.max_pixels,
+                                                 "clock": clock},
+                        batch_size=1, num_cpus=plan.config.source.load_num_cpus, batch_format="numpy")
     for index, spec in enumerate(plan.config.stages):
         r = spec.resources
         gpu = {"num_gpus": r.num_gpus} if r.num_gpus else {}
-        ds = ds.map_batches(StageAdapter, fn_constructor_kwargs=adapter_kwargs(plan, index, clock),
-                            compute=ray.data.ActorPoolStrategy(size=r.num_actors), batch_size=r.batch_size,
-                            num_cpus=r.num_cpus, batch_format="numpy", zero_copy_batch=True, **gpu)
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-        sink.add(batch)
-        if progress is not None:
-            progress()
+        ds = ds.map_batches(ShardStep, fn_constructor_kwargs=adapter_kwargs(plan, index, clock),
+                            compute=ray.data.ActorPoolStrategy(size=r.num_actors), batch_size=1,
+                            num_cpus=r.num_cpus, batch_format="numpy", **gpu)
+    for rows in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+        for payload in rows[PAYLOAD]:
+            sink.add(payload)
+            if progress is not None:
+                progress()
     sink.finish()
 
 

@@ -32,7 +32,7 @@ class Sample:
     uri: str
     """Path or fsspec URL the loader reads."""
     kind: str = "image"
-    """``image`` or ``video``."""
+    """``image``, ``video``, or ``fault`` (a file that cannot be used, see :func:`fault_sample`)."""
     track_id: str = ""
     """Video key for frames, ``""`` for stills."""
     frame_index: int = -1
@@ -41,3 +41,19 @@ class Sample:
     """Label boxes as JSON ``[[x0, y0, x1, y1], ...]`` (image px); ``""``: the source has no labels."""
     error_reason: str = ""
     """Non-empty when the sample's labels are unusable (it goes to quarantine at stage ``source``)."""
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: a file name's undecodable bytes (the OS hands them over as lone surrogates)
+    are shown escaped (``\\udcff``); any other text is returned as it is."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def fault_sample(key: str, source: str, reason: str) -> Sample:
+    """A sample that cannot be annotated (a broken file, frame or label file): it goes to the quarantine table
+    with ``error_stage = "source"`` and ``reason``, and is never read."""
+    return Sample(sample_key=printable(key), source=printable(source), uri="", kind="fault", error_reason=reason)

@@ -80,11 +80,29 @@ def keys_sha256(keys: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(keys).encode("utf-8")).hexdigest()
 
 
+PARTITION_RULE = ("samples sorted by sample_key; the frames of each video clip (segment) are a shard of their own; "
+                  "the still images between clips are cut into consecutive runs of images_per_shard")
+"""How :func:`plan_shards` cuts samples into shards (recorded in the manifest)."""
+
+
 def plan_shards(samples: Sequence[Sample], images_per_shard: int) -> list[ShardSpec]:
-    """Cut ``samples`` (sorted by key here) into shards of ``images_per_shard`` (the partition rule)."""
+    """Cut ``samples`` (sorted by key here) into shards (:data:`PARTITION_RULE`): a video clip's frames (video
+    samples sharing one ``track_id``, the clip or segment key) are one shard, so the tracker and the identity
+    sharing see the whole clip; still images go in runs of ``images_per_shard``."""
     ordered = sorted(samples, key=lambda s: s.sample_key)
-    return [ShardSpec(i // images_per_shard, tuple(ordered[i : i + images_per_shard]))
-            for i in range(0, len(ordered), images_per_shard)]
+    groups: list[list[Sample]] = []
+    current: list[Sample] = []
+    current_clip: str | None = None
+    for sample in ordered:
+        clip = sample.track_id if sample.kind == "video" and sample.track_id else None
+        if current and (clip != current_clip or (clip is None and len(current) == images_per_shard)):
+            groups.append(current)
+            current = []
+        current_clip = clip
+        current.append(sample)
+    if current:
+        groups.append(current)
+    return [ShardSpec(i, tuple(group)) for i, group in enumerate(groups)]
 
 
 def reason_class(stage: str, reason: str) -> str:

@@ -38,6 +38,8 @@ import math
 import pickle
 import posixpath
 import tarfile
+import zipfile
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,6 +69,14 @@ def _floats(value: Any, name: str, size: int) -> list[float]:
     return [float(v) for v in arr]
 
 
+def _flag(value: Any, name: str) -> bool:
+    """A 0/1 label flag given as one number (scalar or one-element array); ``ValueError`` naming it otherwise."""
+    arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    if arr.size != 1 or not np.isfinite(arr[0]):
+        raise ValueError(f"{name} must be one finite number, got {arr.size} values")
+    return bool(arr[0] > 0)
+
+
 def box_from_center_scale(center: Any, scale: Any) -> list[float]:
     """``[x0, y0, x1, y1]`` of a SPIN/4D-Humans box: ``center [2]`` px, ``scale`` = side / 200 (scalar or [2])."""
     c = _floats(center, "center", 2)
@@ -87,8 +97,8 @@ def person_entry(person: Mapping[str, Any]) -> dict[str, Any]:
     if "center" not in person or "scale" not in person:
         raise ValueError(f"person label has no center/scale (keys: {sorted(person)})")
     entry: dict[str, Any] = {"box": box_from_center_scale(person["center"], person["scale"])}
-    has_pose = float(np.asarray(person.get("has_body_pose", 1 if "body_pose" in person else 0)).reshape(-1)[0]) > 0
-    has_betas = float(np.asarray(person.get("has_betas", 1 if "betas" in person else 0)).reshape(-1)[0]) > 0
+    has_pose = _flag(person.get("has_body_pose", 1 if "body_pose" in person else 0), "has_body_pose")
+    has_betas = _flag(person.get("has_betas", 1 if "betas" in person else 0), "has_betas")
     if has_pose or has_betas:
         smpl: dict[str, Any] = {"has_body_pose": int(has_pose), "has_betas": int(has_betas),
                                 "global_orient": [0.0] * 3, "body_pose": [0.0] * 69, "betas": [0.0] * 10}
@@ -190,8 +200,8 @@ def wds_smpl_samples(url: str) -> list[Sample]:
                 text = _labels_json([person_entry(p) for p in decode_label_pickle(labels[key], source)])
             except UnsafePickleError as exc:
                 reason = f"refused label pickle: {exc}"
-            except (pickle.UnpicklingError, ValueError, TypeError) as exc:
-                reason = f"bad label: {exc}"
+            except (pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError, RecursionError) as exc:
+                reason = f"bad label: {type(exc).__name__}: {str(exc)[:300]}"
         samples.append(Sample(sample_key=f"{stem}/{key}", source=uri, uri=uri, labels="" if reason else text,
                               error_reason=reason))
     if not samples:
@@ -204,6 +214,9 @@ def wds_smpl_samples(url: str) -> list[Sample]:
 # --------------------------------------------------------------------------------------------------
 
 SPIN_KEYS = ("imgname", "center", "scale")
+"""Arrays a SPIN-style npz must have."""
+SPIN_ROW_KEYS = ("pose", "shape", "part", "has_smpl", "cam_int")
+"""Optional per-row arrays (one row per person, like the required ones)."""
 
 
 def spin_npz_samples(url: str, *, image_root: str | None = None) -> list[Sample]:
@@ -216,12 +229,17 @@ def spin_npz_samples(url: str, *, image_root: str | None = None) -> list[Sample]
     except ValueError as exc:
         raise SourceError(f"input {url}: an array needs pickle to load ({exc}); pearl reads npz files without "
                           "pickle: re-save it with plain arrays (strings as a unicode array)") from None
-    except (OSError, EOFError) as exc:
-        raise SourceError(f"input {url} cannot be read as an npz file: {exc}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise SourceError(f"input {url} cannot be read as an npz file: {type(exc).__name__}: {exc}") from None
     missing = [k for k in SPIN_KEYS if k not in data]
     if missing:
         raise SourceError(f"input {url} is not a SPIN-style npz: missing {', '.join(missing)} "
                           f"(has {', '.join(sorted(data))})")
+    rows_of = {k: (len(v) if v.ndim else -1) for k, v in data.items() if k in (*SPIN_KEYS, *SPIN_ROW_KEYS)}
+    if len(set(rows_of.values())) != 1:
+        raise SourceError(f"input {url}: the per-row arrays have different row counts "
+                          f"({', '.join(f'{k} {n}' for k, n in sorted(rows_of.items()))}); every array needs one row "
+                          "per person")
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in data["imgname"].reshape(-1)]
     root = image_root if image_root is not None else (url.rsplit("/", 1)[0] if "/" in url else ".")
     prefix = _image_prefix(root, names[0]) if names else ""
@@ -245,7 +263,7 @@ def spin_npz_samples(url: str, *, image_root: str | None = None) -> list[Sample]
                 person["cam_int"] = data["cam_int"][i]
             try:
                 entries.append(person_entry(person))
-            except ValueError as exc:
+            except (ValueError, TypeError, IndexError) as exc:
                 reason = f"bad label: row {i}: {exc}"
                 break
         file_url = f"{root.rstrip('/')}/{prefix}{name}"

@@ -12,7 +12,7 @@ import torch
 
 from annotators.base import ERROR_REASON, ERROR_STAGE, STAGES, StageContext, build_config
 from annotators.quality import QualityStage, QualityStageConfig
-from annotators.refine import RefineStage, RefineStageConfig, identities
+from annotators.refine import RefineStage, RefineStageConfig, identities, identity_chunks
 from fitting.camera import project
 from fitting.objectives import ehm_wholebody_points
 from model.ehm import EHM
@@ -75,10 +75,15 @@ def test_stages_are_registered():
     assert STAGES.get("quality/default") is QualityStage
 
 
-def test_identities_share_only_tracks_of_one_source():
-    sources = np.array(["a", "a", "b", "a", "a"], dtype=object)
-    tracks = np.array(["t0", "t0", "t0", "", ""], dtype=object)
-    assert identities(sources, tracks).tolist() == [0, 0, 1, 2, 3]
+def test_identities_are_tracks_and_chunks_never_split_one():
+    # rows of one track share an identity whatever their frame (source); still images are each their own
+    tracks = np.array(["v.mp4#t1", "", "v.mp4#t0", "v.mp4#t1", "", "w.mp4#t1"], dtype=object)
+    assert identities(tracks).tolist() == [0, 1, 2, 0, 3, 4]
+    ident = np.array([0, 0, 0, 1, 2, 2, 3, 0])
+    chunks = identity_chunks(ident, 3)
+    assert [c.tolist() for c in chunks] == [[0, 1, 2, 7], [3, 4, 5], [6]]
+    assert sorted(np.concatenate(chunks).tolist()) == list(range(8))
+    assert [c.tolist() for c in identity_chunks(np.arange(5), 2)] == [[0, 1], [2, 3], [4]]
 
 
 def test_refine_stage_writes_refined_fields(stages):

@@ -183,3 +183,42 @@ def test_synthesize_then_check_from_the_cli(tmp_path, capsys):
     assert _cli("synthesize", str(tmp_path / "kit"), "--seed", "3") == 0
     assert _cli("check", str(tmp_path / "kit")) == 0
     assert "seed 3" in capsys.readouterr().out
+
+
+def _deep_pickle(depth: int) -> bytes:
+    """A protocol-2 pickle of a list nested ``depth`` deep (built from opcodes: pickle.dumps would recurse)."""
+    return b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."
+
+
+def test_corrupt_files_are_reported_wrong_not_crashing(kit_dir, tmp_path):
+    import struct
+    import zipfile
+
+    rels = ["smplx/SMPLX_NEUTRAL.npz", "smplx/MANO_SMPLX_vertex_ids.pkl", "smplx/SMPL-X__FLAME_vertex_ids.npy"]
+    root = _link(kit_dir, tmp_path / "kit", rels)
+    for rel in rels:
+        (root / rel).unlink()
+    # 1. an npz whose deflate stream is corrupt: copy the kit's, then flip bytes inside a compressed member
+    with zipfile.ZipFile(kit_dir / rels[0]) as src, zipfile.ZipFile(root / rels[0], "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+    data = bytearray((root / rels[0]).read_bytes())
+    with zipfile.ZipFile(root / rels[0]) as zf:
+        info = max(zf.infolist(), key=lambda i: i.compress_size)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    for k in range(start + 100, start + 600):
+        data[k] ^= 0x5A
+    (root / rels[0]).write_bytes(bytes(data))
+    # 2. a pickle nested 20,000 deep
+    (root / rels[1]).write_bytes(_deep_pickle(20_000))
+    # 3. an .npy whose header claims 10^12 float64 (7.28 TiB) over a few bytes of data
+    header = b"{'descr': '<f8', 'fortran_order': False, 'shape': (1000000000000,), }"
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+    (root / rels[2]).write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + b"\0" * 64)
+
+    results = check_assets(root)  # must not raise, hang or allocate terabytes
+    npz, pkl, npy = (_line(results, root, rel) for rel in rels)
+    assert npz.startswith("WRONG") and "corrupt or truncated member" in npz, npz
+    assert pkl.startswith("WRONG") and "nested too deeply" in pkl, pkl
+    assert npy.startswith("WRONG") and "header claims shape [1000000000000]" in npy and "8000000000000 bytes" in npy, npy
+    assert not check_passed(results)

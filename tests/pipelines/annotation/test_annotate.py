@@ -79,6 +79,49 @@ def test_ray_job_writes_the_same_bytes_as_the_loop(loop_run, examples_dir, ray_l
         report["totals"]["samples"]
 
 
+@pytest.fixture(scope="module")
+def full_plan_loop(tmp_path_factory, examples_dir, pearl_cache, job_config):
+    """The whole default plan over the examples in the plain loop, 2 images per shard (the reference bytes)."""
+    out = tmp_path_factory.mktemp("full-loop") / "out"
+    config = job_config([examples_dir], out)
+    config.stages = []
+    return out, run_job(config)
+
+
+@pytest.mark.slow
+def test_full_plan_bytes_match_across_runners_actors_and_resume(full_plan_loop, examples_dir, ray_local,
+                                                                tmp_path: Path, job_config, file_hashes) -> None:
+    """Same inputs, config and seed, same bytes: the whole default plan (fits and refinement included) on Ray
+    with one actor per stage, on Ray with two actors for the fitting stages, and killed after its first shard
+    then resumed, against the plain loop."""
+    from annotators.base import StageResources
+    from pipelines.annotation import config as cfg
+
+    reference, report = full_plan_loop
+    want = file_hashes(reference)
+    assert report["totals"]["persons"] >= 4 and len(want) >= 4
+    runs = {}
+    for name, actors in (("ray", 1), ("ray-2-actors", 2)):
+        config = job_config([examples_dir], tmp_path / name, runner="ray")
+        config.stages = [cfg.StageSpec(n, resources=StageResources(num_cpus=0.1, num_actors=actors if n.split("/")[0]
+                                                                  in ("body", "refine", "quality") else 1))
+                         for n in cfg.DEFAULT_STAGES]
+        runs[name] = run_job(config)
+        assert file_hashes(tmp_path / name) == want, name
+
+    def crash(shard: str, stats: dict) -> None:
+        raise KeyboardInterrupt(f"killed after {shard}")
+
+    resumed = tmp_path / "resumed"
+    config = job_config([examples_dir], resumed)
+    config.stages = []
+    with pytest.raises(KeyboardInterrupt):
+        run_job(config, on_commit=crash)
+    assert sorted(committed_shards(resumed)) == ["train-000000"]
+    run_job(config)
+    assert file_hashes(resumed) == want
+
+
 def test_crash_and_incremental_resume_give_identical_bytes(labelled_examples, tmp_path: Path, job_config,
                                                           file_hashes) -> None:
     reference, out = tmp_path / "reference", tmp_path / "out"
@@ -178,7 +221,7 @@ job.code_version = lambda: {code_version!r}  # the reference run's, even if HEAD
 config = make_job_config([{examples!r}], {out!r}, runner="ray")
 config.ray.address = cluster.address
 for spec in config.stages:  # 0.7 CPU each on 1-CPU nodes: the two actor pools sit on different nodes
-    spec.resources = StageResources(num_cpus=0.7, batch_size=2)
+    spec.resources = StageResources(num_cpus=0.7)
 try:
     report = run_job(config)
     import ray

@@ -6,15 +6,12 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipelines.annotation import beam as annotate_beam
 from pipelines.annotation.job import run_job
 from pipelines.io.quarantine import read_quarantine
-from pipelines.io.samples import Sample
 from pipelines.io.shards import read_parquet
-from pipelines.io.sinks import plan_shards
 
 DIRECT = ["--runner=DirectRunner"]
 STAGES = ["persons/mediapipe", "keypoints/mediapipe"]
@@ -85,13 +82,6 @@ def test_beam_resume_skips_committed_shards(runs, inputs, job_config, file_hashe
     assert report["run"]["shards_skipped"] == beam["run"]["shards_total"]
     assert report["run"]["shards_committed"] == 0 and report["totals"] == beam["totals"]
     assert file_hashes(root / "beam", ("wds", "parquet", "quarantine", "stats")) == before
-
-
-def test_rows_are_keyed_by_their_shard() -> None:
-    samples = [Sample(sample_key=f"d/{name}", source=name, uri=name) for name in ("a", "b", "c", "d", "e")]
-    shard_of = annotate_beam.ShardOf(plan_shards(samples, 2))
-    keys = ["d/a", "d/b", "d/bb", "d/c", "d/d", "d/e"]
-    assert [shard_of({"sample_key": np.array([k], dtype=object)})[0] for k in keys] == [0, 0, 0, 1, 1, 2]
 
 
 def test_cli_dry_run_passes_beam_options_through(inputs, pearl_cache, tmp_path, capsys) -> None:

@@ -28,19 +28,23 @@ def test_yaml_and_toml_files_give_the_same_config(tmp_path: Path) -> None:
     (tmp_path / "job.yaml").write_text(
         "source: {inputs: [a, b], video_stride: 5}\n"
         "stages:\n  - persons\n  - name: keypoints/mediapipe\n"
-        "    resources: {num_cpus: 0.5, batch_size: 4, num_actors: 2, num_gpus: 0.25}\n"
+        "    resources: {num_cpus: 0.5, num_actors: 2, num_gpus: 0.25}\n"
         "sink: {out: o, images_per_shard: 8}\nseed: 3\n"
     )
     (tmp_path / "job.toml").write_text(
         'seed = 3\nstages = ["persons", {name = "keypoints/mediapipe", resources = {num_cpus = 0.5, '
-        'batch_size = 4, num_actors = 2, num_gpus = 0.25}}]\n'
+        'num_actors = 2, num_gpus = 0.25}}]\n'
         '[source]\ninputs = ["a", "b"]\nvideo_stride = 5\n[sink]\nout = "o"\nimages_per_shard = 8\n'
     )
     a, b = cfg.load_config_file(tmp_path / "job.yaml"), cfg.load_config_file(tmp_path / "job.toml")
     assert a == b
     assert a.source.video_stride == 5 and a.sink.images_per_shard == 8 and a.seed == 3
-    assert a.stages[1].resources == StageResources(num_cpus=0.5, num_gpus=0.25, batch_size=4, num_actors=2)
+    assert a.stages[1].resources == StageResources(num_cpus=0.5, num_gpus=0.25, num_actors=2)
     assert a.stages[0] == cfg.StageSpec(name="persons")
+    old = tmp_path / "old.yaml"
+    old.write_text("stages:\n  - name: persons\n    resources: {batch_size: 4}\n")
+    with pytest.raises(cfg.ConfigError, match=r"stages\[0\]\.resources\.batch_size: a stage is called once per shard"):
+        cfg.load_config_file(old)
 
 
 def test_unknown_settings_are_refused_by_name(tmp_path: Path) -> None:
@@ -161,6 +165,6 @@ def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path: Path) -> None:
     text = proc.stdout
     resolved = json.loads(text[text.index("{"): text.index("\n}\n") + 2])
     assert resolved["sink"]["images_per_shard"] == 2 and resolved["source"]["inputs"] == [str(images)]
-    assert "keypoints/" in text and "num_cpus=" in text and "batch_size=" in text
+    assert "keypoints/" in text and "num_cpus=" in text and "called once per shard" in text
     assert "samples: 3, shards: 2" in text and "synthetic" in text
     assert not out.exists() and not (tmp_path / "cache").exists()

@@ -133,7 +133,7 @@ def test_odd_formats_are_decoded_and_annotated(portrait, tmp_path: Path, job_con
         name = meta["sample_key"].split("/", 1)[1]
         # displayed size and orientation: the EXIF image is upright again, like the others
         assert (meta["image_width"], meta["image_height"]) == (w, h), name
-        want, _ = crop_person(expected[name], np.array(box), out_size=256)
+        want, _ = crop_person(expected[name], np.array(box), scale=2.0, out_size=384)  # the sink's defaults
         got = np.asarray(Image.open(io.BytesIO(sample["crop.jpg"])).convert("RGB"))
         assert got.shape == want.shape and np.abs(got.astype(int) - want).mean() < 6, name
 
@@ -151,7 +151,7 @@ def test_a_killed_actor_loses_and_duplicates_nothing(labelled_examples, ray_loca
         config = job_config([labelled_examples], tmp_path / name, stages=["persons", "quality/fault"],
                             runner="ray", images_per_shard=1)
         config.stages[1] = cfg.StageSpec("quality/fault", options={"kill_flag": str(flag)},
-                                         resources=cfg.StageResources(num_cpus=0.25, batch_size=1, num_actors=1))
+                                         resources=cfg.StageResources(num_cpus=0.25, num_actors=1))
         outs[name] = run_job(config)
     assert flag.exists() and int(flag.read_text()) > 0  # an actor really died
     calm, killed = outs["calm"]["totals"], outs["killed"]["totals"]
@@ -205,3 +205,75 @@ def test_heartbeat_refreshes_and_detects_a_takeover(tmp_path: Path) -> None:
     assert lock.lost
     lock.release()
     assert json.loads((tmp_path / LOCK_NAME).read_text())["token"] == "other"  # not ours to remove
+
+
+@pytest.mark.slow
+def test_one_bad_file_never_stops_or_shrinks_the_job(portrait, tmp_path: Path) -> None:
+    """Every hostile input of the issue beside one good image, through the command line (so a hang is a
+    timeout, not a stuck suite): the job runs to the end, the good image is annotated, every other file or
+    frame is a quarantine row with its reason or a skipped file in the report, and the lock is released."""
+    import pickle
+    import subprocess
+    import sys
+    import tarfile
+
+    import cv2
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    good = io.BytesIO()
+    portrait.save(good, format="JPEG")
+    (folder / "good.jpg").write_bytes(good.getvalue())
+    with open(os.path.join(os.fsencode(folder), b"na\xefve\xff.jpg"), "wb") as fh:  # not UTF-8
+        fh.write(good.getvalue())
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "random.mp4").write_bytes(np.random.default_rng(1).integers(0, 255, 4000, np.uint8).tobytes())
+    writer = cv2.VideoWriter(str(folder / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(8):
+        writer.write(np.full((48, 64, 3), 25 * i, np.uint8))
+    writer.release()
+    data = bytearray((folder / "clip.avi").read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
+    data[starts[3] + 2:starts[3] + 300] = bytes(298)  # the 4th of 8 frames is corrupt
+    (folder / "clip.avi").write_bytes(bytes(data))
+    (folder / "notes.txt").write_text("not an input")
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "notatar.tar").write_bytes(b"not a tar" * 50)
+    deep = b"\x80\x02" + b"]" * 20_000 + b"a" * 19_999 + b"."
+    with tarfile.open(labels / "deep.tar", "w") as tar:
+        for name, payload in (("x.jpg", good.getvalue()), ("x.data.pyd", deep)):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    np.savez(labels / "ragged.npz", imgname=np.array(["a.jpg", "a.jpg"]), center=np.zeros((3, 2)), scale=np.ones(2))
+    np.savez(labels / "objects.npz", imgname=np.array(["a.jpg"]), center=np.array([{}], dtype=object),
+             scale=np.ones(1))
+    (labels / "coco.json").write_text(json.dumps({"images": [{"id": 1, "file_name": "../../../../etc/passwd"}],
+                                                  "annotations": []}))
+    out = tmp_path / "out"
+    inputs = [str(folder)] + [str(labels / n) for n in ("notatar.tar", "deep.tar", "ragged.npz", "objects.npz",
+                                                        "coco.json")]
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve().parents[3] / "pipelines" / "annotate.py"),
+                           "--input", *inputs, "--out", str(out), "--runner", "loop", "--stages", "persons",
+                           "--images-per-shard", "4", "--no-progress"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONHASHSEED": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    q = _quarantine(out)
+    reasons = {k: r for k, (_, r) in q.items()}
+    assert any("not valid UTF-8" in r for k, r in reasons.items() if k.startswith("in/na"))
+    assert "a FIFO" in reasons["in/pipe.jpg"] and "cannot be opened" in reasons["in/random.mp4"]
+    assert "frame 3 cannot be decoded" in reasons["in/clip.avi/f000003"]
+    assert "tar file" in reasons["notatar.tar"] and "nested too deeply" in reasons["deep/x"]
+    assert "different row counts" in reasons["ragged.npz"] and "needs pickle" in reasons["objects.npz"]
+    assert "leaves the image root" in reasons["coco/../../../../etc/passwd"]
+    assert not any("root:" in r for r in reasons.values())  # /etc/passwd was never read
+    report = json.loads((out / "report.json").read_text())
+    assert report["skipped_files"]["count"] == 1 and report["skipped_files"]["files"][0]["path"].endswith("notes.txt")
+    written = {p["sample_key"] for p in read_parquet(out).to_pylist()}
+    assert "in/good.jpg" in written
+    # every frame of the clip is a record, a no-person sample or a quarantine row: none vanished
+    clip_rows = {k for k in q if k.startswith("in/clip.avi/")} | {k for k in written if k.startswith("in/clip.avi/")}
+    no_person = report["totals"]["samples_without_persons"]
+    assert len(clip_rows) + no_person >= 8 and "in/clip.avi/f000003" in q
+    assert not (out / LOCK_NAME).exists()
