@@ -229,6 +229,9 @@ class Stage:
     """Record fields the stage writes (:meth:`start` makes them at the schema's fill values)."""
     requirement_hint: ClassVar[str] = ""
     """What to run first when a required column is missing (appended to the error)."""
+    weight_options: ClassVar[tuple[str, ...]] = ()
+    """Options naming weight files the stage loads (paths or fsspec URLs): the driver checks that they exist
+    before the job starts, ``--dry-run`` included."""
 
     def __init__(self, config: Any = None, policy: ErrorPolicy | str = ErrorPolicy.QUARANTINE, *,
                  context: StageContext | None = None) -> None:

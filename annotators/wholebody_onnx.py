@@ -232,6 +232,7 @@ class WholeBodyOnnxStage(Stage):
     required = ("image", "bbox_xyxy")
     outputs = OUTPUT_FIELDS
     config_class = WholeBodyOnnxConfig
+    weight_options = ("pose_model", "detector_model")
 
     @resource
     def models(self) -> tuple[WholeBodyPoseModel, PersonDetector | None]:

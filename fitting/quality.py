@@ -129,14 +129,15 @@ def silhouette_scores(silhouette: Tensor, person_mask: Tensor, band: int) -> tup
 
 
 def rejection_reason(scores: Mapping[str, float | np.ndarray], config: QualityConfig) -> str:
-    """Why one sample fails its quality checks (``""`` when it passes).
+    """Why one sample fails its quality checks (``""`` when it passes): ``"<check>: <value> <relation> <setting>
+    <limit>"``, e.g. ``"body reprojection: 0.0619 > max_reproj_norm_body 0.05"`` (the first failing check).
 
     ``scores`` holds the sample's values by record field name (``has_body``, ``quality_final_loss``,
     ``quality_reproj_norm_body`` / ``_face`` / ``_hands``, ``quality_silhouette_iou``,
     ``quality_silhouette_boundary_iou``); NaN or missing values are not checked.
     """
     if config.require_body and not bool(scores.get("has_body", True)):
-        return "quality: no body fit (has_body is False)"
+        return "no body fit: has_body is False"
     checks = [
         ("quality_final_loss", "final refinement loss", config.max_final_loss, "max_final_loss", 1),
         ("quality_reproj_norm_body", "body reprojection", config.max_reproj_norm_body, "max_reproj_norm_body", 1),
@@ -149,10 +150,10 @@ def rejection_reason(scores: Mapping[str, float | np.ndarray], config: QualityCo
         value = float(np.asarray(scores.get(field, math.nan)))
         if limit is not None and not math.isnan(value) and sign * (value - limit) > 0:
             relation = ">" if sign > 0 else "<"
-            return f"quality: {what} {value:.4g} {relation} {setting} {limit:g}"
+            return f"{what}: {value:.4g} {relation} {setting} {limit:g}"
     hands = np.asarray(scores.get("quality_reproj_norm_hands", [math.nan, math.nan]), dtype=np.float64).reshape(-1)
     limit = config.max_reproj_norm_hands
     for side, value in zip(("left", "right"), hands):
         if limit is not None and not math.isnan(value) and value > limit:
-            return f"quality: {side} hand reprojection {value:.4g} > max_reproj_norm_hands {limit:g}"
+            return f"{side} hand reprojection: {value:.4g} > max_reproj_norm_hands {limit:g}"
     return ""

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 # name -> module path. Adding a subcommand = adding a module and one line here.
 COMMANDS: dict[str, str] = {
     "annotate": "pipelines.commands.annotate",
+    "submit": "pipelines.commands.submit",
     "assets": "pipelines.commands.assets",
     "demo": "pipelines.commands.demo",
     "models": "pipelines.commands.models",

@@ -170,6 +170,7 @@ class TeaserStage(_TeaserStageBase):
     """
 
     config_class = TeaserStageConfig
+    weight_options = ("checkpoint",)
 
     @resource
     def model(self) -> TorchModel:
@@ -184,6 +185,7 @@ class TeaserOnnxStage(_TeaserStageBase):
     """The same from an exported TEASER encoder through onnxruntime (module docstring)."""
 
     config_class = TeaserOnnxStageConfig
+    weight_options = ("onnx",)
 
     @resource
     def model(self) -> OnnxModel:

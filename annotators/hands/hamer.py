@@ -276,6 +276,7 @@ class HamerStage(_HamerStageBase):
     """
 
     config_class = HamerStageConfig
+    weight_options = ("checkpoint", "model_config")
 
     @resource
     def model(self) -> TorchModel:
@@ -296,6 +297,7 @@ class HamerOnnxStage(_HamerStageBase):
     """MANO hands from an exported HaMeR encoder through onnxruntime (see the module docstring)."""
 
     config_class = HamerOnnxStageConfig
+    weight_options = ("onnx",)
 
     @resource
     def model(self) -> OnnxModel:

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -42,16 +43,18 @@ from pipelines.annotation.runner import (
     stage_backend,
 )
 from pipelines.io.body_models import BodyModels, BodyModelsError, resolve_body_models
-from pipelines.io.quarantine import QUARANTINE_DIR, clean_quarantine_temporaries
+from pipelines.io.quarantine import QUARANTINE_DIR, clean_quarantine_temporaries, read_quarantine
 from pipelines.io.runlock import LockedError, RunLock
 from pipelines.io.samples import SourceError
-from pipelines.io.shards import clean_temporaries, committed_shards, read_all_stats, shard_name
+from pipelines.io.shards import clean_temporaries, committed_shards, path_url, read_all_stats, shard_name
 from pipelines.io.sinks import PARTITION_RULE, IncompleteShardsError, ShardSink, ShardSpec, keys_sha256, plan_shards
 from pipelines.io.sources import discover
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+QUARANTINE_LISTED = 50
+"""Quarantine rows the report shows in full (stage and reason); all are in OUT/quarantine."""
 OUTPUT_DIRS = ("wds", "parquet", "stats", QUARANTINE_DIR)
 
 
@@ -63,9 +66,18 @@ USER_ERRORS = (cfg.ConfigError, BodyModelsError, SourceError, LockedError, JobEr
 """Errors that mean "the job cannot run as asked": the command line prints them and exits with status 2."""
 
 
+CODE_VERSION_ENV = "PEARL_CODE_VERSION"
+"""Environment variable that carries the submitting checkout's code version to a job running where the code
+has no git history (``pearl submit`` sets it in the job's runtime environment)."""
+
+
 @functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """``"<pearl version>+<git describe>"`` (``git describe --always --dirty``) or just the version."""
+    """``$PEARL_CODE_VERSION`` when set, else ``"<pearl version>+<git describe>"`` (``git describe --always
+    --dirty`` of this checkout), else just the version (with a warning: the records will not name a commit)."""
+    carried = os.environ.get(CODE_VERSION_ENV, "").strip()
+    if carried:
+        return carried
     root = Path(__file__).resolve().parents[2]
     try:
         from importlib.metadata import version
@@ -83,6 +95,9 @@ def code_version() -> str:
                                    text=True, timeout=10, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         described = ""
+    if not described:
+        log.warning("code version %s names no commit (no git history here): submit with `pearl submit`, or set %s",
+                    pkg, CODE_VERSION_ENV)
     return f"{pkg}+{described}" if described else pkg
 
 
@@ -115,6 +130,74 @@ def plan_job(config: cfg.AnnotateConfig, *, make_kit: bool = True) -> JobPlan:
                    found.skipped)
 
 
+@dataclass
+class PlanCheck:
+    """What the driver finds wrong with a plan before anything runs (``errors``: the job is refused, exit 2)
+    and what it should say about it (``notes``)."""
+
+    errors: list[str]
+    notes: list[str]
+
+
+def local_accelerators() -> int:
+    """CUDA devices this machine has (0 without torch's CUDA)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # noqa: BLE001 - no usable CUDA is no GPU
+        return 0
+
+
+def check_plan(config: cfg.AnnotateConfig) -> PlanCheck:
+    """Check a resolved plan on the driver: the default stages it leaves out (a note), the weight files of its
+    reference backends (each stage's ``weight_options``: they must exist), and, for a private local Ray (no
+    cluster named), whether its actors fit this machine's CPUs and GPUs (a joined cluster is checked when the
+    job joins it, and may scale up). The body-model folder is checked when the plan is made."""
+    import fsspec
+
+    errors, notes = [], []
+    given = {spec.annotator for spec in config.stages}
+    left_out = [name for name in cfg.DEFAULT_STAGES if name.split("/", 1)[0] not in given]
+    if left_out:
+        notes.append(f"this plan runs {len(config.stages)} stage(s) and leaves out the default stage(s) "
+                     f"{', '.join(left_out)}; name them under `stages:` (or in --stages) to run them")
+    for i, spec in enumerate(config.stages):
+        for option in cfg.stage_class(spec.name).weight_options:
+            path = str(spec.options.get(option) or "")
+            if not path:
+                continue
+            try:
+                fs, where = fsspec.core.url_to_fs(path)
+                found = fs.isfile(where)
+            except Exception as exc:  # noqa: BLE001 - an unreachable store is a missing file here
+                found, path = False, f"{path} ({type(exc).__name__}: {exc})"
+            if not found:
+                errors.append(f"stages[{i}] ({spec.name}): option {option}: {path} is not a file; put the weights "
+                              "there (docs/reference_backends.md) or fix the path; `pearl models check DIR` checks "
+                              "a weights folder")
+    if not (config.ray.address or os.environ.get("RAY_ADDRESS")) and config.runner == "ray":
+        cpus = float(config.ray.num_cpus or os.cpu_count() or 1)
+        reserved = sum(s.resources.num_cpus * s.resources.num_actors for s in config.stages)
+        if reserved + config.source.load_num_cpus > cpus:
+            errors.append(f"the stage actors reserve {reserved:g} CPUs and a read task {config.source.load_num_cpus:g}, "
+                          f"but this job's private local Ray has {cpus:g} (--num-cpus, default all of this "
+                          "machine's): lower num_cpus or num_actors under stages[].resources, or join a cluster "
+                          "with --ray-address")
+        gpus = local_accelerators()
+        for i, spec in enumerate(config.stages):
+            if spec.resources.num_gpus > 0 and gpus == 0:
+                errors.append(f"stages[{i}] ({spec.name}) asks for num_gpus {spec.resources.num_gpus:g}, but this "
+                              "machine has no GPU: its actors would never start; set num_gpus: 0 (the stage then "
+                              "runs on the CPU) or join a GPU cluster with --ray-address")
+            elif spec.resources.num_gpus * spec.resources.num_actors > gpus > 0:
+                errors.append(f"stages[{i}] ({spec.name}) asks for {spec.resources.num_gpus * spec.resources.num_actors:g} "
+                              f"GPUs in all, this machine has {gpus}: lower num_gpus or num_actors")
+    elif config.runner == "ray":
+        notes.append("a joined cluster's CPUs and GPUs are checked against the plan when the job joins it")
+    return PlanCheck(errors, notes)
+
+
 def describe_plan(plan: JobPlan, runner: str | None = None) -> str:
     """The resolved config, the stage plan with resources, and the shard plan (what ``--dry-run`` prints);
     ``runner`` names the runner when it is not the config's (the Beam launcher's ``beam``)."""
@@ -126,7 +209,9 @@ def describe_plan(plan: JobPlan, runner: str | None = None) -> str:
         r = spec.resources
         lines.append(f"  {spec.name}: {r.num_actors} actor(s), num_cpus={r.num_cpus}, num_gpus={r.num_gpus}, "
                      f"options={json.dumps(spec.options, sort_keys=True)}")
+    checked = check_plan(c)
     lines += ["  sink: driver, WebDataset + Parquet + stats + quarantine per shard", "",
+              *(f"note: {n}" for n in checked.notes), *(f"ERROR: {e}" for e in checked.errors),
               f"body models: {plan.body_models.folder} ({plan.body_models.kit})", f"config hash: {plan.config_hash}",
               f"samples: {plan.samples}, shards: {len(plan.shards)} of up to {c.sink.images_per_shard} "
               f"(split {c.sink.split}, runner {runner or c.runner}, mode {c.sink.mode}) -> {c.sink.out}"]
@@ -257,6 +342,11 @@ def open_job(config: cfg.AnnotateConfig) -> Iterator[JobRun]:
     started = time.time()
     plan = plan_job(config)
     c = plan.config
+    checked = check_plan(c)
+    for note in checked.notes:
+        log.warning("%s", note)
+    if checked.errors:
+        raise JobError("the plan cannot run: " + "; ".join(checked.errors))
     split = c.sink.split
     fs, root = output_filesystem(c.sink.out)
     with RunLock(fs, root, stale_after_s=c.sink.lock_stale_s) as lock:
@@ -304,9 +394,11 @@ def finish_job(job: JobRun, *, wall_s: float, timings: dict[str, dict[str, float
            "samples_this_run": samples}
     stats = [s for s in read_all_stats(job.fs, job.root) if s["split"] == c.sink.split]
     report = build_report(run, timings, stats, job.plan.skipped)
+    examples = read_quarantine(job.root, filesystem=job.fs, limit=QUARANTINE_LISTED).to_pylist()
+    report["quarantine_examples"] = [{k: r[k] for k in ("key", "stage", "reason")} for r in examples]
     _, html_path = write_report(job.fs, job.root, report)
     log.info("done: %d persons written, %d quarantined over %d shard(s); report: %s", report["totals"]["persons"],
-             report["totals"]["quarantined"], report["totals"]["shards"], html_path)
+             report["totals"]["quarantined"], report["totals"]["shards"], path_url(job.fs, html_path))
     return report
 
 
@@ -407,6 +499,40 @@ def config_from_args(args: argparse.Namespace) -> cfg.AnnotateConfig:
     return dataclasses.replace(config, **changes)
 
 
+SUPERVISED_ENV = "PEARL_SUPERVISED"
+"""Set in the child process a supervised job runs in (see :func:`supervise`)."""
+CLUSTER_LOST = 3
+"""Exit status of a job that lost the Ray cluster it joined."""
+_GCS_LOST = ("Failed to connect to GCS", "GCS has been unreachable", "RaySystemError")
+
+
+def supervise(address: str) -> int:
+    """Run this very command again in a child process and wait for it: a job that joins a cluster dies with
+    the cluster (Ray's core worker ends the process when it cannot reach the GCS, past Python's reach), so the
+    parent says what happened. Returns the child's exit status, or :data:`CLUSTER_LOST` with a clear message
+    when it ended because the cluster went away."""
+    env = {**os.environ, SUPERVISED_ENV: "1"}
+    child = subprocess.Popen([sys.executable, *sys.argv], env=env, stderr=subprocess.PIPE, text=True,
+                             errors="replace")
+    tail: list[str] = []
+    try:
+        for line in child.stderr:
+            sys.stderr.write(line)
+            tail = (tail + [line])[-200:]
+    except KeyboardInterrupt:
+        child.terminate()
+        raise
+    code = child.wait()
+    if code in (0, 2):
+        return code
+    if any(marker in line for line in tail for marker in _GCS_LOST):
+        log.error("lost the Ray cluster at %s in the middle of the job (the job's process ended with status %s). "
+                  "The shards committed so far are kept: run the same command again, once the cluster is back, "
+                  "to resume from them.", address, code)
+        return CLUSTER_LOST
+    return code
+
+
 def run_cli(args: argparse.Namespace, *, run: Callable[[cfg.AnnotateConfig], dict[str, Any]] = run_job,
             runner: str | None = None, dry_run_notes: Sequence[str] = ()) -> int:
     """Run (or with ``--dry-run`` describe) the job; returns the exit status (2 for :data:`USER_ERRORS`).
@@ -416,9 +542,17 @@ def run_cli(args: argparse.Namespace, *, run: Callable[[cfg.AnnotateConfig], dic
     """
     try:
         config = config_from_args(args)
+        address = config.ray.address or os.environ.get("RAY_ADDRESS")
+        if (address and config.runner == "ray" and run is run_job and not args.dry_run
+                and not os.environ.get(SUPERVISED_ENV)):
+            return supervise(address)
         if args.dry_run:
-            print("\n".join([describe_plan(plan_job(config, make_kit=False), runner=runner), *dry_run_notes]))
-            return 0
+            plan = plan_job(config, make_kit=False)
+            print("\n".join([describe_plan(plan, runner=runner), *dry_run_notes]))
+            errors = check_plan(plan.config).errors
+            for error in errors:
+                log.error("%s", error)
+            return 2 if errors else 0
         report = run(config)
     except USER_ERRORS as exc:
         log.error("%s", exc)

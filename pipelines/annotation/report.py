@@ -62,8 +62,8 @@ def _png(fig: Any) -> str:
 
 
 def render_plots(report: Mapping[str, Any]) -> dict[str, str]:
-    """Base64 PNGs: ``stages`` (busy seconds per stage) and ``confidence`` (keypoint confidences per part,
-    and per-person confidences, as fractions per bin)."""
+    """Base64 PNGs: ``stages`` (busy seconds per stage), ``confidence`` (keypoint confidences per part, and
+    per-person confidences, as fractions per bin) and ``quality`` (the written persons' quality fields)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,6 +98,18 @@ def render_plots(report: Mapping[str, Any]) -> dict[str, str]:
             ax.legend(fontsize=8)
         plots["confidence"] = _png(fig)
         plt.close(fig)
+    quality = {k: v for k, v in report["totals"].get("quality_histograms", {}).items() if sum(v["counts"])}
+    if quality:
+        fig, axes = plt.subplots(1, len(quality), figsize=(3.2 * len(quality), 2.8), squeeze=False)
+        fig.subplots_adjust(left=0.06, right=0.98, top=0.85, bottom=0.2, wspace=0.35)
+        for ax, (name, h) in zip(axes[0], quality.items()):
+            lo, hi = h["range"]
+            ax.stairs(h["counts"], np.linspace(lo, hi, len(h["counts"]) + 1), fill=True, color="#4c72b0")
+            ax.set_title(f"{name.removeprefix('quality_')}\n(not measured: {h['nan']})", fontsize=8)
+            ax.set_xlabel("value (last bin: and above)", fontsize=7)
+            ax.tick_params(labelsize=7)
+        plots["quality"] = _png(fig)
+        plt.close(fig)
     return plots
 
 
@@ -124,6 +136,12 @@ def render_html(report: Mapping[str, Any]) -> str:
         "<h3>Quarantined by stage and kind</h3>",
         _table(sorted(tot["quarantined_by_reason"].items()), ("stage: kind", "samples/persons"))
         if tot["quarantined_by_reason"] else "<p>none</p>",
+        "<h3>Quarantined: the reasons</h3>",
+        _table([(q["key"], q["stage"], q["reason"]) for q in report.get("quarantine_examples", [])],
+               ("key", "stage", "reason"))
+        + (f"<p>(the first {len(report['quarantine_examples'])}; all are in OUT/quarantine/)</p>"
+           if len(report.get("quarantine_examples", [])) < tot["quarantined"] else "")
+        if report.get("quarantine_examples") else "<p>none</p>",
         "<h3>Files skipped (not samples)</h3>",
         (_table([(f["path"], f["reason"]) for f in report["skipped_files"]["files"]], ("file", "reason"))
          + (f"<p>... and {report['skipped_files']['count'] - len(report['skipped_files']['files'])} more</p>"
@@ -136,6 +154,11 @@ def render_html(report: Mapping[str, Any]) -> str:
     ]
     if "stages" in plots:
         parts.append(f"<img alt='stage busy time' src='data:image/png;base64,{plots['stages']}'>")
+    parts.append("<h2>Quality of the written persons</h2>")
+    parts.append(f"<img alt='quality histograms' src='data:image/png;base64,{plots['quality']}'>"
+                 if "quality" in plots else "<p>no quality scores</p>")
+    flags = tot.get("quality_flags", {})
+    parts.append(_table(sorted(flags.items()), ("quality flag", "persons")) if flags else "")
     parts.append("<h2>Keypoint confidence</h2>")
     parts.append(f"<img alt='confidence histograms' src='data:image/png;base64,{plots['confidence']}'>"
                  if "confidence" in plots else "<p>no persons written</p>")

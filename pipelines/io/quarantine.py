@@ -1,7 +1,8 @@
 """The quarantine table: samples and persons that failed a stage, with the stage and the reason.
 
-One Parquet file per shard that had failures, ``OUT/quarantine/{split}-{index:06d}.parquet``, written
-before the shard's stats file (so it is committed with the shard) and rows sorted by ``key``:
+One Parquet file per shard, ``OUT/quarantine/{split}-{index:06d}.parquet`` (an empty table when nothing in the
+shard failed), written before the shard's stats file (so it is committed with the shard), rows sorted by
+``key``:
 
 | column | meaning |
 | --- | --- |
@@ -72,18 +73,13 @@ def quarantine_table(rows: Sequence[QuarantineRow]) -> pa.Table:
     )
 
 
-def write_quarantine(fs: AbstractFileSystem, root: str, split: str, index: int, rows: Sequence[QuarantineRow]) -> str | None:
-    """Write (through a temporary name) or remove shard ``index``'s quarantine file; returns its path or None.
-
-    With no rows any older file of the shard is removed, so a redone shard never keeps stale failures.
-    """
+def write_quarantine(fs: AbstractFileSystem, root: str, split: str, index: int, rows: Sequence[QuarantineRow]) -> str:
+    """Write shard ``index``'s quarantine file (through a temporary name, replacing any older one); returns its
+    path. A shard with no failure gets an empty table of the same schema, so that every committed shard has one
+    and ``SELECT ... FROM 'OUT/quarantine/*.parquet'`` works on a clean run too."""
     import pyarrow.parquet as pq
 
     path = quarantine_path(root, split, index)
-    if not rows:
-        if fs.exists(path):
-            fs.rm_file(path)
-        return None
     buf = io.BytesIO()
     pq.write_table(quarantine_table(rows), buf, compression="zstd")
     folder, base = path.rsplit("/", 1)
@@ -103,8 +99,9 @@ def clean_quarantine_temporaries(fs: AbstractFileSystem, root: str) -> None:
                 fs.rm_file(path)
 
 
-def read_quarantine(out: str, *, filesystem: AbstractFileSystem | None = None) -> pa.Table:
-    """Every quarantine row of ``out`` (a local path or fsspec URL), ordered by file then key."""
+def read_quarantine(out: str, *, filesystem: AbstractFileSystem | None = None, limit: int | None = None) -> pa.Table:
+    """Every quarantine row of ``out`` (a local path or fsspec URL), ordered by file then key (the first
+    ``limit`` rows only, reading no more files than needed, when given)."""
     import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -115,6 +112,12 @@ def read_quarantine(out: str, *, filesystem: AbstractFileSystem | None = None) -
         return quarantine_schema().empty_table()
     paths = sorted(p for p in fs.ls(folder, detail=False)
                    if p.endswith(".parquet") and not p.rsplit("/", 1)[-1].startswith(TMP_PREFIX))
-    tables = [pq.read_table(io.BytesIO(fs.cat_file(p))) for p in paths]
-    return pa.concat_tables(tables) if tables else quarantine_schema().empty_table()
+    tables, rows = [], 0
+    for path in paths:
+        if limit is not None and rows >= limit:
+            break
+        tables.append(pq.read_table(io.BytesIO(fs.cat_file(path))))
+        rows += tables[-1].num_rows
+    table = pa.concat_tables(tables) if tables else quarantine_schema().empty_table()
+    return table if limit is None else table.slice(0, limit)
 

@@ -87,7 +87,8 @@ def _resolve(out: str | os.PathLike[str], filesystem: AbstractFileSystem | None)
     return fs, path.rstrip("/")
 
 
-def _url(fs: AbstractFileSystem, path: str) -> str:
+def path_url(fs: AbstractFileSystem, path: str) -> str:
+    """``path`` on ``fs`` as a user passes it: a local path, or a URL with its protocol (``s3://bucket/...``)."""
     from fsspec.implementations.local import LocalFileSystem
 
     return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
@@ -109,7 +110,7 @@ def shard_paths(out: str | os.PathLike[str], split: str, index: int, *,
     """Where shard ``(split, index)`` of ``out`` lives (whether or not it is written)."""
     fs, root = _resolve(out, filesystem)
     files = _shard_files(root, shard_name(split, index))
-    return ShardPaths(**{k: _url(fs, v) for k, v in files.items()})
+    return ShardPaths(**{k: path_url(fs, v) for k, v in files.items()})
 
 
 class _HashingWriter(io.RawIOBase):
@@ -265,7 +266,7 @@ class ShardWriter:
             raise
         self._state = "committed"
         log.debug("committed shard %s (%d rows)", self.name, len(self._records))
-        return ShardPaths(**{k: _url(self._fs, v) for k, v in self._final.items()})
+        return ShardPaths(**{k: path_url(self._fs, v) for k, v in self._final.items()})
 
     def abort(self) -> None:
         """Drop the shard: close and remove its temporary files. Committed files are left alone."""
@@ -328,7 +329,7 @@ def clean_temporaries(out: str | os.PathLike[str], *, filesystem: AbstractFileSy
         for name in _list_names(fs, f"{root}/{folder}"):
             if name.startswith(TMP_PREFIX):
                 fs.rm_file(f"{root}/{folder}/{name}")
-                removed.append(_url(fs, f"{root}/{folder}/{name}"))
+                removed.append(path_url(fs, f"{root}/{folder}/{name}"))
     return removed
 
 

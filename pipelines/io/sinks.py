@@ -110,6 +110,33 @@ def reason_class(stage: str, reason: str) -> str:
     return f"{stage}: {reason.split(':', 1)[0].strip() or 'unknown'}"
 
 
+QUALITY_HIST_RANGES: dict[str, tuple[float, float]] = {
+    "quality_reproj_norm_body": (0.0, 0.1), "quality_reproj_norm_face": (0.0, 0.2),
+    "quality_reproj_norm_hands": (0.0, 0.3), "quality_silhouette_iou": (0.0, 1.0),
+    "quality_silhouette_boundary_iou": (0.0, 1.0),
+}
+"""Quality fields histogrammed in each shard's stats, with the range of their :data:`HIST_BINS` bins (values
+beyond the range count in the last bin, NaN "not measured" apart)."""
+
+
+def quality_histograms(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per quality field of the written persons: ``{"range": [lo, hi], "counts": [HIST_BINS], "nan": n}``
+    (both hands of ``quality_reproj_norm_hands`` count)."""
+    out = {}
+    for name, (lo, hi) in QUALITY_HIST_RANGES.items():
+        values = np.array([v for r in records for v in np.asarray(r[name], np.float64).reshape(-1)], np.float64)
+        measured = values[~np.isnan(values)]
+        counts = np.histogram(np.clip(measured, lo, hi), bins=HIST_BINS, range=(lo, hi))[0]
+        out[name] = {"range": [lo, hi], "counts": counts.tolist(), "nan": int(np.isnan(values).sum())}
+    return out
+
+
+def flag_counts(records: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """Written persons carrying each :class:`schemas.QualityFlag` bit, by flag name."""
+    flags = np.array([int(r["quality_flags"]) for r in records], dtype=np.int64)
+    return {flag.name: int(((flags & int(flag)) != 0).sum()) for flag in schemas.QualityFlag}
+
+
 def confidence_histograms(records: Sequence[Mapping[str, Any]]) -> dict[str, list[int]]:
     """Counts over ``HIST_BINS`` bins of [0, 1]: keypoint confidences per part, and per-person conf fields."""
     edges = np.linspace(0.0, 1.0, HIST_BINS + 1)
@@ -264,6 +291,8 @@ class ShardSink:
                 "quarantined_by_reason": dict(sorted(by_reason.items())),
                 "duplicates_dropped": state.duplicates,
                 "confidence_histograms": confidence_histograms(records),
+                "quality_histograms": quality_histograms(records),
+                "quality_flags": flag_counts(records),
                 "config_hash": self.run_fields.get("config_hash", ""),
                 "code_version": self.run_fields.get("code_version", ""),
                 "timings": {"write_s": round(write_s, 4)},
@@ -335,4 +364,14 @@ def shard_stats_totals(stats: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             hist[name] = hist.get(name, np.zeros(HIST_BINS, dtype=np.int64)) + np.asarray(counts, dtype=np.int64)
     totals["quarantined_by_reason"] = dict(sorted(totals["quarantined_by_reason"].items()))
     totals["confidence_histograms"] = {k: v.tolist() for k, v in sorted(hist.items())}
+    quality: dict[str, dict[str, Any]] = {}
+    flags: Counter = Counter()
+    for s in stats:
+        for name, h in s.get("quality_histograms", {}).items():
+            q = quality.setdefault(name, {"range": h["range"], "counts": [0] * len(h["counts"]), "nan": 0})
+            q["counts"] = [a + b for a, b in zip(q["counts"], h["counts"])]
+            q["nan"] += int(h["nan"])
+        flags.update(s.get("quality_flags", {}))
+    totals["quality_histograms"] = dict(sorted(quality.items()))
+    totals["quality_flags"] = dict(sorted(flags.items()))
     return totals

@@ -59,10 +59,12 @@ def test_rejection_reasons_name_the_part_and_value():
     good = {"has_body": True, "quality_reproj_norm_body": 0.01, "quality_reproj_norm_face": np.nan,
             "quality_reproj_norm_hands": np.array([0.1, np.nan]), "quality_silhouette_iou": 0.8}
     assert rejection_reason(good, cfg) == ""
-    assert "body reprojection 0.08" in rejection_reason({**good, "quality_reproj_norm_body": 0.08}, cfg)
-    assert "right hand reprojection 0.5" in rejection_reason(
-        {**good, "quality_reproj_norm_hands": np.array([0.1, 0.5])}, cfg)
-    assert "silhouette IoU 0.1 < min_silhouette_iou 0.3" in rejection_reason({**good, "quality_silhouette_iou": 0.1}, cfg)
+    # "<check>: <value> <relation> <setting> <limit>": the text before the ':' is the reason's kind in the report
+    assert rejection_reason({**good, "quality_reproj_norm_body": 0.08}, cfg) == \
+        "body reprojection: 0.08 > max_reproj_norm_body 0.05"
+    assert rejection_reason({**good, "quality_reproj_norm_hands": np.array([0.1, 0.5])}, cfg) == \
+        "right hand reprojection: 0.5 > max_reproj_norm_hands 0.2"
+    assert "silhouette IoU: 0.1 < min_silhouette_iou 0.3" in rejection_reason({**good, "quality_silhouette_iou": 0.1}, cfg)
     assert "has_body" in rejection_reason({**good, "has_body": False}, cfg)
     off = QualityConfig(max_reproj_norm_body=None, require_body=False)
     assert rejection_reason({**good, "quality_reproj_norm_body": 9.0, "has_body": False}, off) == ""

@@ -50,6 +50,9 @@ def test_job_writes_valid_shards_and_report(loop_run, examples_dir) -> None:
     # a plain Parquet reader sees the same rows
     got = duckdb.sql(f"select count(*) from read_parquet('{out}/parquet/*.parquet')").fetchall()[0][0]
     assert got == len(rows)
+    # a clean run still has one (empty) quarantine table per shard, so the same query works on it
+    assert sorted(p.stem for p in (out / "quarantine").glob("*.parquet")) == shards
+    assert duckdb.sql(f"select count(*) from read_parquet('{out}/quarantine/*.parquet')").fetchall()[0][0] == 0
     # WebDataset: the same persons, records that validate, crops that are JPEGs
     samples = list(iter_wds(sorted(str(p) for p in (out / "wds").glob("*.tar"))))
     assert len(samples) == len(rows)

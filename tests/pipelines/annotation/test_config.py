@@ -168,3 +168,41 @@ def test_dry_run_prints_the_plan_and_touches_nothing(tmp_path: Path) -> None:
     assert "keypoints/" in text and "num_cpus=" in text and "called once per shard" in text
     assert "samples: 3, shards: 2" in text and "synthetic" in text
     assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def _dry_run(tmp_path: Path, config_text: str, *flags: str) -> subprocess.CompletedProcess:
+    (tmp_path / "job.yaml").write_text(config_text)
+    return subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "annotate.py"), "--input", str(REPO / "examples"), "--out",
+         str(tmp_path / "out"), "--config", str(tmp_path / "job.yaml"), "--dry-run", *flags],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "PEARL_CACHE": str(tmp_path / "cache"), "HOME": str(tmp_path),
+             "CUDA_VISIBLE_DEVICES": ""},
+    )
+
+
+def test_dry_run_refuses_missing_weights_and_a_plan_that_cannot_fit(tmp_path: Path) -> None:
+    weights = tmp_path / "hamer.ckpt"
+    missing = _dry_run(tmp_path, f"stages:\n  - persons\n  - keypoints\n  - name: hands/hamer\n"
+                                 f"    options: {{checkpoint: {weights}}}\n")
+    assert missing.returncode == 2
+    assert f"stages[2] (hands/hamer): option checkpoint: {weights} is not a file" in missing.stderr
+    weights.write_bytes(b"present")  # existence is what the driver checks; loading is the actor's
+    assert _dry_run(tmp_path, f"stages:\n  - persons\n  - keypoints\n  - name: hands/hamer\n"
+                              f"    options: {{checkpoint: {weights}}}\n").returncode == 0
+    too_big = _dry_run(tmp_path, "stages:\n  - name: persons\n    resources: {num_cpus: 8, num_actors: 5}\n",
+                       "--num-cpus", "2")
+    assert too_big.returncode == 2 and "reserve 40 CPUs" in too_big.stderr and "has 2" in too_big.stderr
+    gpu = _dry_run(tmp_path, "stages:\n  - persons\n  - name: keypoints\n    resources: {num_gpus: 0.5}\n")
+    assert gpu.returncode == 2 and "stages[1] (keypoints/mediapipe) asks for num_gpus 0.5" in gpu.stderr
+    joined = _dry_run(tmp_path, "stages:\n  - name: persons\n    resources: {num_cpus: 8, num_actors: 5}\n",
+                      "--ray-address", "10.0.0.1:6379")
+    assert joined.returncode == 0 and "checked against the plan when the job joins it" in joined.stdout
+
+
+def test_dry_run_says_which_default_stages_a_plan_leaves_out(tmp_path: Path) -> None:
+    short = _dry_run(tmp_path, "stages:\n  - persons\n  - keypoints\n")
+    assert short.returncode == 0
+    assert ("note: this plan runs 2 stage(s) and leaves out the default stage(s) track/iou-oks, body/auto, "
+            "hands/mano-ik, face/flame-fit, refine/ehm, quality/default") in short.stdout
+    assert "leaves out" not in _dry_run(tmp_path, "stages: []\n").stdout

@@ -26,7 +26,7 @@ def s3(s3):
     return s3
 
 
-def test_job_reads_and_writes_s3(s3, labelled_examples, tmp_path: Path, job_config) -> None:
+def test_job_reads_and_writes_s3(s3, labelled_examples, tmp_path: Path, job_config, caplog) -> None:
     local = tmp_path / "data"
     shutil.copytree(labelled_examples.parent, local)
     (local / "broken.jpg").write_bytes(b"")
@@ -43,7 +43,9 @@ def test_job_reads_and_writes_s3(s3, labelled_examples, tmp_path: Path, job_conf
     with pytest.raises(KeyboardInterrupt):
         run_job(job_config([labels], out, stages=["persons"]), on_commit=crash)
     assert sorted(committed_shards(out)) == ["train-000000"]
-    report = run_job(job_config([labels], out, stages=["persons"]))
+    with caplog.at_level("INFO", logger="pipelines.annotation.job"):
+        report = run_job(job_config([labels], out, stages=["persons"]))
+    assert f"report: s3://{BUCKET}/runs/one/report.html" in caplog.text  # the URL, protocol included
     assert report["run"]["shards_skipped"] == 1
     n = len(coco["images"])
     assert len(committed_shards(out)) == (n + 1) // 2 and report["totals"]["samples"] == n
