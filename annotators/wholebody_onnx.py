@@ -14,9 +14,7 @@ Per person row (``image`` + ``bbox_xyxy``), as DWPose's ``onnxpose.py`` does it:
    overlaps it most (IoU >= ``detector_match_iou``); boxes from labels or another detector are often
    looser or tighter than the pose model was trained with. The detector runs once per image.
 
-YOLOX (``yolox_l.onnx``): the image letterboxed into the input (640x640, top-left aligned, grey 114
-padding, no normalisation), grid/stride decoding (strides 8, 16, 32), person score = objectness x
-class-0 probability, NMS at IoU 0.45 over scores above 0.1, detections kept above 0.3.
+YOLOX (``yolox_l.onnx``): :class:`annotators.yolox.YoloxPersonDetector`.
 
 Coordinates are continuous px (pixel ``i`` spans ``[i, i + 1]``) like the rest of pearl; OpenCV samples
 at pixel centres, so warps are built on ``x - 0.5``. Both networks get RGB, as DWPose's annotator and
@@ -38,7 +36,8 @@ import numpy as np
 
 from annotators.base import STAGES, Stage, StageResources, resource
 from annotators.batches import Batch
-from annotators.images import box_iou, check_person_box, check_rgb_image, nms
+from annotators.images import box_iou, check_person_box, check_rgb_image
+from annotators.yolox import YoloxPersonDetector
 from model.checkpoints import OnnxModel
 from schemas import keypoints as wb
 
@@ -48,8 +47,6 @@ POSE_MEAN = np.array([123.675, 116.28, 103.53], np.float32)
 """RGB mean of the pose model's input (0-255 units)."""
 POSE_STD = np.array([58.395, 57.12, 57.375], np.float32)
 """RGB standard deviation of the pose model's input (0-255 units)."""
-YOLOX_STRIDES = (8, 16, 32)
-"""Output strides of the YOLOX heads, in the order of its anchors."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,57 +88,9 @@ def simcc_decode(simcc_x: np.ndarray, simcc_y: np.ndarray, split_ratio: float = 
     return xy, np.minimum(simcc_x.max(-1), simcc_y.max(-1)).astype(np.float32)
 
 
-def letterbox(image: np.ndarray, size_hw: tuple[int, int], pad_value: int = 114) -> tuple[np.ndarray, float]:
-    """YOLOX input: ``image  # [H, W, 3]`` resized by ``r = min(h / H, w / W)`` into the top-left corner of
-    a ``size_hw`` canvas filled with ``pad_value``; returns (canvas, r)."""
-    h, w = size_hw
-    r = min(h / image.shape[0], w / image.shape[1])
-    canvas = np.full((h, w, 3), pad_value, np.uint8)
-    nw, nh = int(image.shape[1] * r), int(image.shape[0] * r)
-    canvas[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    return canvas, r
-
-
-def yolox_boxes(raw: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """Decode YOLOX anchors ``raw  # [A, 4 + ...]`` (grid offsets, log sizes) into ``[A, 4]`` boxes
-    (x0, y0, x1, y1) in input px."""
-    grids, strides = [], []
-    for stride in YOLOX_STRIDES:
-        gh, gw = size_hw[0] // stride, size_hw[1] // stride
-        xv, yv = np.meshgrid(np.arange(gw), np.arange(gh))
-        grids.append(np.stack([xv, yv], -1).reshape(-1, 2))
-        strides.append(np.full((gh * gw, 1), stride))
-    grid, stride = np.concatenate(grids), np.concatenate(strides)
-    if len(grid) != len(raw):
-        raise ValueError(f"YOLOX output has {len(raw)} anchors, expected {len(grid)} for a {size_hw} input")
-    centre = (raw[:, :2] + grid) * stride
-    half = np.exp(raw[:, 2:4]) * stride / 2
-    return np.concatenate([centre - half, centre + half], axis=1)
-
-
 # --------------------------------------------------------------------------------------------------
 # The two networks
 # --------------------------------------------------------------------------------------------------
-
-
-class PersonDetector:
-    """YOLOX person detector (ONNX): ``image  # [H, W, 3]`` RGB -> (boxes ``[M, 4]`` px, scores ``[M]``)."""
-
-    def __init__(self, path: str, device: str = "auto", score_threshold: float = 0.3,
-                 nms_score_threshold: float = 0.1, nms_iou: float = 0.45, default_size: int = 640):
-        self.model = OnnxModel(path, outputs=(), device=device)
-        self.size_hw = self.model.spatial_size or (default_size, default_size)
-        self.score_threshold, self.nms_score_threshold, self.nms_iou = score_threshold, nms_score_threshold, nms_iou
-
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        canvas, r = letterbox(image, self.size_hw)
-        raw = next(iter(self.model(canvas.transpose(2, 0, 1)[None].astype(np.float32)).values()))[0]  # [A, 5 + C]
-        boxes = yolox_boxes(raw, self.size_hw) / r
-        scores = raw[:, 4] * raw[:, 5]  # objectness x P(person)
-        cand = np.flatnonzero(scores > self.nms_score_threshold)
-        kept = cand[nms(boxes[cand], scores[cand], self.nms_iou, plus_one=True)]
-        kept = kept[scores[kept] > self.score_threshold]
-        return boxes[kept].astype(np.float32), scores[kept].astype(np.float32)
 
 
 class WholeBodyPoseModel:
@@ -235,11 +184,11 @@ class WholeBodyOnnxStage(Stage):
     weight_options = ("pose_model", "detector_model")
 
     @resource
-    def models(self) -> tuple[WholeBodyPoseModel, PersonDetector | None]:
+    def models(self) -> tuple[WholeBodyPoseModel, YoloxPersonDetector | None]:
         """The pose model and the detector (None without ``detector_model``), opened once."""
         c = self.config
         pose = WholeBodyPoseModel(c.pose_model, c.device, c.simcc_split_ratio, c.bbox_padding)
-        return pose, PersonDetector(c.detector_model, c.device) if c.detector_model else None
+        return pose, YoloxPersonDetector(c.detector_model, c.device) if c.detector_model else None
 
     def __call__(self, batch: Batch) -> Batch:
         _, out = self.start(batch)

@@ -132,9 +132,9 @@ def _pose_model(path: Path, found: dict[str, Path]) -> str:
 def _detector(path: Path, found: dict[str, Path]) -> str:
     import numpy as np
 
-    from annotators.wholebody_onnx import PersonDetector
+    from annotators.yolox import YoloxPersonDetector
 
-    detector = PersonDetector(str(path), device="cpu")
+    detector = YoloxPersonDetector(str(path), device="cpu")
     detector(np.zeros((64, 64, 3), np.uint8))
     return f"YOLOX input {detector.size_hw[1]}x{detector.size_hw[0]}"
 

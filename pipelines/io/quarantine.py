@@ -116,7 +116,8 @@ def read_quarantine(out: str, *, filesystem: AbstractFileSystem | None = None, l
     for path in paths:
         if limit is not None and rows >= limit:
             break
-        tables.append(pq.read_table(io.BytesIO(fs.cat_file(path))))
+        # ParquetFile, not read_table: pyarrow 21 aborts at exit after read_table on an in-memory file
+        tables.append(pq.ParquetFile(io.BytesIO(fs.cat_file(path))).read())
         rows += tables[-1].num_rows
     table = pa.concat_tables(tables) if tables else quarantine_schema().empty_table()
     return table if limit is None else table.slice(0, limit)

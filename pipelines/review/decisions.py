@@ -110,7 +110,7 @@ class DecisionStore:
         if not self.fs.exists(self.path):
             return {}
         try:
-            table = pq.read_table(io.BytesIO(self.fs.cat_file(self.path)))
+            table = pq.ParquetFile(io.BytesIO(self.fs.cat_file(self.path))).read()  # not read_table: see read_quarantine
         except Exception as exc:  # noqa: BLE001 - name the file
             raise ValueError(f"{self.path}: not a readable decisions table ({exc}); move it away to start "
                              "afresh") from None

@@ -107,7 +107,7 @@ def test_every_registered_stage_config_builds_from_its_own_dict():
             continue
         required = {f.name for f in dataclasses.fields(cls.config_class)
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
-        options = {"checkpoint": "x.ckpt", "onnx": "x.onnx", "pose_model": "x.onnx"}
+        options = {"checkpoint": "x.ckpt", "onnx": "x.onnx", "pose_model": "x.onnx", "detector_model": "x.onnx"}
         try:
             cfg = cls.config_class()
         except ValueError:  # reference backends need their weights' path

@@ -1,10 +1,8 @@
-"""keypoints/wholebody-onnx on tiny SimCC and YOLOX graphs with the official I/O signatures."""
+"""keypoints/wholebody-onnx on tiny SimCC and YOLOX graphs with the official I/O signatures (the graphs' exporter
+and the YOLOX graph: tests/annotators/conftest.py)."""
 
 from __future__ import annotations
 
-import math
-import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,28 +10,18 @@ import torch
 
 from schemas import keypoints as wb
 from annotators.base import ERROR_REASON, ERROR_STAGE, STAGES, ErrorPolicy
+from annotators.images import nms
 from annotators.wholebody_onnx import (
-    PersonDetector,
     WholeBodyOnnxConfig,
     WholeBodyOnnxStage,
     box_center_scale,
     fix_aspect_ratio,
-    letterbox,
-    nms,
     simcc_decode,
 )
+from annotators.yolox import YoloxPersonDetector, letterbox
 
 IN_W, IN_H, RATIO = 48, 64, 2  # a small stand-in for DWPose's 288x384 input
 W, H = 200, 240
-
-
-def export(module: torch.nn.Module, path: Path, outputs: list[str], size_hw: tuple[int, int], dynamic: bool) -> str:
-    axes = {n: {0: "batch"} for n in ("input", *outputs)} if dynamic else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.zeros(1, 3, *size_hw),), str(path), input_names=["input"],
-                          output_names=outputs, dynamic_axes=axes, opset_version=17, dynamo=False)
-    return str(path)
 
 
 class ConstantSimcc(torch.nn.Module):
@@ -73,30 +61,15 @@ class RedSpot(torch.nn.Module):
         return tuple(profiles)
 
 
-class ConstantYolox(torch.nn.Module):
-    """YOLOX raw output for a 64x64 input (84 anchors): one person, a suppressed twin, two weak boxes."""
-
-    def __init__(self):
-        super().__init__()
-        raw = torch.zeros(1, 84, 6)
-        raw[0, 3 * 8 + 2] = torch.tensor([0.5, 0.5, math.log(2), math.log(4), 0.9, 0.8])  # (12, 12, 28, 44)
-        raw[0, 3 * 8 + 3] = torch.tensor([0.0, 0.5, math.log(2), math.log(4), 0.6, 0.9])  # IoU 0.62: suppressed
-        raw[0, 64] = torch.tensor([0.5, 0.5, 0.0, 0.0, 0.5, 0.15])  # score 0.075 < 0.1
-        raw[0, 80] = torch.tensor([1.0, 1.0, math.log(0.5), math.log(0.5), 0.9, 0.3])  # 0.27 < 0.3
-        self.register_buffer("raw", raw)
-
-    def forward(self, x):
-        return self.raw + 0.0 * x.mean()
-
-
 @pytest.fixture(scope="module")
-def graphs(tmp_path_factory) -> dict[str, str]:
+def graphs(tmp_path_factory, export_onnx, yolox_onnx) -> dict[str, str]:
     d = tmp_path_factory.mktemp("wholebody")
+    export = export_onnx
     return {
         "constant": export(ConstantSimcc(), d / "constant.onnx", ["simcc_x", "simcc_y"], (IN_H, IN_W), True),
         "constant_b1": export(ConstantSimcc(), d / "constant_b1.onnx", ["simcc_x", "simcc_y"], (IN_H, IN_W), False),
         "spot": export(RedSpot(), d / "spot.onnx", ["simcc_x", "simcc_y"], (IN_H, IN_W), True),
-        "yolox": export(ConstantYolox(), d / "yolox.onnx", ["output"], (64, 64), False),
+        "yolox": yolox_onnx,
     }
 
 
@@ -185,7 +158,7 @@ def test_the_crop_shows_the_boxed_region_in_rgb(graphs):
 
 
 def test_detector_decodes_suppresses_and_thresholds(graphs):
-    boxes, scores = PersonDetector(graphs["yolox"], device="cpu")(np.zeros((128, 128, 3), np.uint8))
+    boxes, scores = YoloxPersonDetector(graphs["yolox"], device="cpu")(np.zeros((128, 128, 3), np.uint8))
     np.testing.assert_allclose(boxes, [[24.0, 24.0, 56.0, 88.0]], atol=1e-4)  # letterbox ratio 0.5 undone
     np.testing.assert_allclose(scores, [0.72], atol=1e-6)
 
