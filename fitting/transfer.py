@@ -411,6 +411,10 @@ def _random_subset(count: int, total: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(total, size=min(count, total), replace=False))
 
 
+LSTSQ_DRIVER = "gelsd"
+"""LAPACK least-squares driver of the calibration's shape maps (reproducible bits, unlike CPU's default gelsy)."""
+
+
 def _fit_shape_maps(smpl: SMPL, part: PartialModel, corr: Correspondence, calib: dict[str, Tensor],
                     roots: Mapping[str, Tensor], gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
     """``A, b`` and ``d`` by least squares at the rest pose (see the module docstring).
@@ -438,9 +442,12 @@ def _fit_shape_maps(smpl: SMPL, part: PartialModel, corr: Correspondence, calib:
     rot = rotvec_to_rotmat(rest["global_orient"][0])
     shift = -rot.expand(mesh.shape[1], 3, 3).reshape(-1, 3)  # d moves every vertex by -R_x(0) d
     design = torch.cat([(mesh[1:] - mesh[:1]).reshape(nx, -1).T, shift], dim=1)  # [K*3, nx + 3]
-    best = torch.linalg.lstsq(design, (target.reshape(len(betas_s), -1) - base).T).solution.T  # [n, nx + 3]
+    # driver gelsd (SVD): the CPU default, gelsy, differs in its last bits from call to call (seen with MKL), which
+    # made calibrations, and the records made with them, differ between processes
+    best = torch.linalg.lstsq(design, (target.reshape(len(betas_s), -1) - base).T,
+                              driver=LSTSQ_DRIVER).solution.T  # [n, nx + 3]
     regress = torch.cat([betas_s, torch.ones(len(betas_s), 1, dtype=dtype)], dim=1)
-    coef = torch.linalg.lstsq(regress, best[:, :nx]).solution  # [ns + 1, nx]
+    coef = torch.linalg.lstsq(regress, best[:, :nx], driver=LSTSQ_DRIVER).solution  # [ns + 1, nx]
     return coef[:ns].T.contiguous(), coef[ns].contiguous(), best[:, nx:].mean(0)
 
 
@@ -461,8 +468,19 @@ def _calibration_set(smpl: SMPL, count: int, gen: torch.Generator) -> dict[str, 
 def calibrate(smpl: SMPL, smplx: SMPLX, matrix: sp.spmatrix, config: TransferConfig) -> TransferCalibration:
     """Rotation offsets, rest offset and betas map for one model pair (see the module docstring).
 
-    Runs in the models' dtype and device (float64 recommended); deterministic for ``config.calibration_seed``.
+    Runs in the models' dtype and device (float64 recommended), on one torch thread whatever the caller's
+    setting (sums over threads round differently, and one thread was also the fastest on CPU): the same
+    models, settings and ``config.calibration_seed`` give the same bits in every process.
     """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _calibrate(smpl, smplx, matrix, config)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _calibrate(smpl: SMPL, smplx: SMPLX, matrix: sp.spmatrix, config: TransferConfig) -> TransferCalibration:
     gen = torch.Generator().manual_seed(config.calibration_seed)
     dtype = smplx.v_template.dtype
     rows = _random_subset(config.calibration_vertices, smplx.num_vertices, config.calibration_seed)

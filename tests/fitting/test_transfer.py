@@ -194,6 +194,42 @@ def test_calibration_cache_round_trip_and_invalidation(kit_dir, tmp_path: Path, 
     assert len(list(cache.glob("*.npz"))) == 2
 
 
+_CALIBRATE_SCRIPT = """
+import hashlib, sys, torch
+torch.set_num_threads(int(sys.argv[3]))
+from fitting.transfer import TransferConfig, calibrate, load_deformation_transfer, model_files
+from model.body_models import SMPL, SMPLX
+kit, settings = sys.argv[1], eval(sys.argv[2])
+files = model_files(kit, "neutral")
+smpl, smplx = (m.from_dir(kit, "neutral").to(torch.float64) for m in (SMPL, SMPLX))
+for _ in range(2):
+    found = calibrate(smpl, smplx, load_deformation_transfer(files["deftrafo"]), TransferConfig(**settings))
+    digest = hashlib.sha256()
+    for name in ("joint_offsets", "root_offset", "betas_matrix", "betas_bias"):
+        digest.update(getattr(found, name).tobytes())
+    print(digest.hexdigest(), repr(found.residual_mm))
+assert torch.get_num_threads() == int(sys.argv[3])
+"""
+
+
+@pytest.mark.slow
+def test_calibration_repeats_its_bits_across_processes_and_thread_settings(kit_dir) -> None:
+    # records converted from SMPL labels are byte-identical across runs only if every process that
+    # calibrates gets the same bits (the default CPU least-squares driver did not repeat its last bits)
+    import subprocess
+    import sys
+
+    settings = repr(SMALL | {"calibration_iterations": 4, "calibration_rounds": 2})
+    root = Path(__file__).resolve().parents[2]
+    outputs = []
+    for threads in (1, 2):
+        proc = subprocess.run([sys.executable, "-c", _CALIBRATE_SCRIPT, str(kit_dir), settings, str(threads)],
+                              cwd=root, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        outputs += proc.stdout.split("\n")[:2]
+    assert len(set(outputs)) == 1, outputs
+
+
 def test_config_is_checked() -> None:
     with pytest.raises(ValueError, match="mode"):
         TransferConfig(mode="sum")
