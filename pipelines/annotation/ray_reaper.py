@@ -3,9 +3,11 @@
 ``ray.init()`` without an address starts Ray's processes (GCS, raylet, dashboard and runtime-env agents,
 workers) as children of the driver. A driver that exits normally stops them (``ray.shutdown``); one that is
 killed (``SIGKILL``, OOM) leaves them running, and Ray's agents linger for minutes. :func:`start_reaper`
-starts this module in its own session: it keeps a snapshot of the driver's descendants while the driver
-lives, and once the driver is gone it kills what is left of them (and their descendants), then exits.
-Linux only (it reads ``/proc``); elsewhere :func:`start_reaper` does nothing.
+starts this module in its own session before Ray starts: it keeps a snapshot of the driver's descendants
+while the driver lives, and once the driver is gone it kills what is left of them (and their descendants),
+plus Ray processes orphaned in the driver's process group after the driver started (an agent the raylet
+spawned between two snapshots and that outlived its raylet), then exits. Linux only (it reads ``/proc``);
+elsewhere :func:`start_reaper` does nothing.
 
     python -m pipelines.annotation.ray_reaper DRIVER_PID
 """
@@ -63,6 +65,39 @@ def descendants(roots: set[int]) -> set[int]:
     return found - roots
 
 
+def process_group(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def is_ray_process(pid: int) -> bool:
+    """Whether ``pid`` runs Ray (a ``ray::`` worker or agent, or a program from Ray's package)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return False
+    return cmdline.startswith("ray::") or "/site-packages/ray/" in cmdline
+
+
+def orphaned_ray(group: int, since: int) -> set[int]:
+    """Ray processes of process group ``group``, started at ``since`` or later, that were orphaned: adopted by
+    init or by a subreaper outside the group (a Ray process of another job in the group keeps its parent)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        started, parent = start_time(pid), parent_of(pid)
+        if (started is None or started < since or parent is None or process_group(pid) != group
+                or not is_ray_process(pid)):
+            continue
+        if parent == 1 or process_group(parent) != group:
+            found.add(pid)
+    return found
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -84,6 +119,7 @@ def _signal_all(pids: set[int], sig: int) -> None:
 def watch(driver: int) -> None:
     """Snapshot ``driver``'s descendants until it dies, then stop the leftovers (see the module docstring)."""
     me = os.getpid()
+    group, since = process_group(driver), start_time(driver)
     known: dict[int, int | None] = {}  # pid -> start time
     while alive(driver):
         for pid in descendants({driver}) - {me}:
@@ -92,6 +128,8 @@ def watch(driver: int) -> None:
         time.sleep(POLL_S)
     leftovers = {pid for pid, t in known.items() if t is not None and start_time(pid) == t}
     leftovers |= descendants(leftovers) - {me}
+    if group is not None and since is not None:
+        leftovers |= orphaned_ray(group, since) - {me}
     if not leftovers:
         return
     _signal_all(leftovers, signal.SIGTERM)

@@ -359,9 +359,9 @@ def connect_ray(config: RayConfig) -> None:
     path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     log.info("starting a private local Ray for this job (num_cpus=%s); pass --ray-address to join a cluster",
              config.num_cpus or "all")
+    start_reaper()  # before Ray starts, so that it sees every process Ray spawns
     ray.init(address="local", num_cpus=config.num_cpus, object_store_memory=config.object_store_memory,
              include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
-    start_reaper()
 
 
 SHARD = "shard"

@@ -7,6 +7,7 @@ import argparse
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 HELP = "submit the annotation job to a running Ray cluster (its job server), carrying this checkout's code version"
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +44,25 @@ def runtime_env(path: str | Path, code_version: str) -> dict:
     return env
 
 
+AGENT_WAIT_S = 120.0
+"""Seconds :func:`submit_when_ready` retries while a freshly started head has no job agent yet."""
+
+
+def submit_when_ready(client: Any, *, wait_s: float = AGENT_WAIT_S, **job: Any) -> str:
+    """``client.submit_job(**job)``, retried every 2 s for up to ``wait_s`` while the head answers "No
+    available agent to submit job" (its dashboard agent is still starting, seconds after ``ray start``);
+    any other error is raised at once."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            log.info("the head's job agent is not up yet; retrying")
+            time.sleep(2)
+
+
 def run(args: argparse.Namespace) -> int:
     from ray.job_submission import JobSubmissionClient
 
@@ -59,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     entrypoint = " ".join(["python", "pipelines/annotate.py", *(_quote(a) for a in job_args)])
     client = JobSubmissionClient(args.address)
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=env)
+    job_id = submit_when_ready(client, entrypoint=entrypoint, runtime_env=env)
     log.info("submitted %s (code version %s)", job_id, env["env_vars"]["PEARL_CODE_VERSION"])
     print(job_id)
     if args.no_wait:

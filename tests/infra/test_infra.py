@@ -122,7 +122,9 @@ def test_cluster_installs_pearl_from_the_mounted_tree(cluster):
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     python = re.search(r">=(\d+\.\d+)", project["requires-python"]).group(1)
     assert cluster["docker"]["image"].endswith(f":{ray_version()}-py{python.replace('.', '')}-gpu")
-    assert f"ray[data]=={ray_version()}" in project["dependencies"]
+    pins = [d for d in project["dependencies"] if re.match(r"ray\[", d)]
+    assert len(pins) == 1 and pins[0].endswith(f"]=={ray_version()}"), pins
+    assert {"data", "default"} <= set(re.match(r"ray\[([^\]]+)\]", pins[0]).group(1).split(","))
 
 
 def test_cluster_entrypoint_parses_with_the_job_flags(cluster):

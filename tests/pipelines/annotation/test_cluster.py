@@ -47,20 +47,34 @@ class Head:
     def __init__(self, tmp: Path) -> None:
         self.port, self.dashboard = _free_port(), _free_port()
         self.temp = Path("/tmp") / f"rh{os.getpid()}-{self.port}"  # short: Ray's socket paths have a size limit
+        # the agents' ports too: the suite's own local Ray already holds the default agent port (52365), and a
+        # head whose agent cannot bind never accepts a job ("No available agent to submit job")
+        agents = [f"--{flag}={_free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                           "runtime-env-agent-port", "metrics-export-port")]
         self.proc = subprocess.Popen(
             [RAY, "start", "--head", "--block", f"--port={self.port}", f"--dashboard-port={self.dashboard}",
              "--dashboard-host=127.0.0.1", "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats",
-             f"--temp-dir={self.temp}"], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+             f"--temp-dir={self.temp}", *agents], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             try:
                 urllib.request.urlopen(f"{self.url}/api/version", timeout=2)
-                return
+                break
             except OSError:
                 time.sleep(1)
-        self.stop()
-        raise RuntimeError("the Ray head did not start")
+        else:
+            self.stop()
+            raise RuntimeError("the Ray head did not start")
+        # the job server answers before its agent registers: a first job waits for it (as `pearl submit` does)
+        from ray.job_submission import JobSubmissionClient
+
+        from pipelines.commands.submit import submit_when_ready
+
+        client = JobSubmissionClient(self.url)
+        job = submit_when_ready(client, entrypoint="python -c pass")
+        while str(client.get_job_status(job)).rsplit(".", 1)[-1] not in ("SUCCEEDED", "FAILED", "STOPPED"):
+            time.sleep(1)
 
     @property
     def url(self) -> str:

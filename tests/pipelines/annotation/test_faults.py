@@ -212,7 +212,6 @@ def test_one_bad_file_never_stops_or_shrinks_the_job(portrait, tmp_path: Path) -
     """Every hostile input of the issue beside one good image, through the command line (so a hang is a
     timeout, not a stuck suite): the job runs to the end, the good image is annotated, every other file or
     frame is a quarantine row with its reason or a skipped file in the report, and the lock is released."""
-    import pickle
     import subprocess
     import sys
     import tarfile
