@@ -431,7 +431,7 @@ STAGES = Registry(
         "persons": "annotators.persons",
         "keypoints": ("annotators.keypoints", "annotators.wholebody_onnx"),
         "track": "annotators.track",
-        "body": "annotators.body",
+        "body": ("annotators.body", "annotators.body_pear"),
         "hands": "annotators.hands",
         "face": "annotators.face",
         "refine": "annotators.refine",

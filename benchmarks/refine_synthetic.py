@@ -55,8 +55,8 @@ from fitting.objectives import WHOLEBODY_PARTS, ehm_wholebody_points
 from fitting.priors import sample_body_pose
 from fitting.refine import ELBOWS, WRISTS, RefineInputs, Refiner
 from fitting.refine_config import RefineConfig
-from fitting.solvers import similarity_align
 from fitting.wrist import hand_gate, twist_rotmat
+from model.metrics import similarity_align
 from model.rotations import rotmat_to_rotvec, rotvec_to_rotmat
 
 IMAGE = 1024

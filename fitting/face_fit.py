@@ -39,8 +39,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from fitting.solvers import least_squares, similarity_align
+from fitting.solvers import least_squares
 from model.body_models import FLAME, blend_skinning, pose_feature, skinning_transforms
+from model.metrics import similarity_align
 from model.rotations import rotmat_to_rotvec, rotvec_to_rotmat
 from schemas import keypoints as kpl
 

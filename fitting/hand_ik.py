@@ -38,8 +38,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from fitting.solvers import least_squares, similarity_align
+from fitting.solvers import least_squares
 from model.body_models import MANO, blend_skinning, pose_feature, skinning_transforms
+from model.metrics import similarity_align
 from model.rotations import mirror_rotvec, rotation_between, rotmat_to_rotvec, rotvec_to_rotmat
 
 NUM_HAND_LANDMARKS = 21

@@ -362,23 +362,3 @@ def _lbfgs(params: list[Tensor], loss_fn: LossFn, iterations: int, options: Solv
     """L-BFGS with a strong-Wolfe line search (:func:`minimize_lbfgs`; ``lr``, ``history``)."""
     return minimize_lbfgs(params, loss_fn, iterations=iterations, lr=options.lr, history=options.history)
 
-
-def similarity_align(source: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Least-squares similarity ``target ~ s R source + t`` (Umeyama), batched.
-
-    source, target  # [N, K, D] corresponding points (K >= D)
-    returns         # R [N, D, D] (a rotation, det +1), s [N], t [N, D]
-    """
-    if source.shape != target.shape or source.dim() != 3:
-        raise ValueError(f"source {list(source.shape)} and target {list(target.shape)} must both be [N, K, D]")
-    mu_s, mu_t = source.mean(1, keepdim=True), target.mean(1, keepdim=True)
-    xs, xt = source - mu_s, target - mu_t
-    cov = xt.transpose(1, 2) @ xs  # [N, D, D]
-    u, sigma, vh = torch.linalg.svd(cov)
-    sign = torch.sign(torch.linalg.det(u @ vh))
-    fix = torch.ones_like(sigma)
-    fix[:, -1] = sign
-    rot = u @ torch.diag_embed(fix) @ vh
-    scale = (sigma * fix).sum(-1) / (xs * xs).sum((1, 2)).clamp(min=1e-20)
-    shift = mu_t[:, 0] - scale[:, None] * (rot @ mu_s[:, 0, :, None])[..., 0]
-    return rot, scale, shift

@@ -23,6 +23,10 @@ COMMANDS: dict[str, str] = {
     "review": "pipelines.commands.review",
     "stats": "pipelines.commands.stats",
     "filter": "pipelines.commands.filter",
+    "train": "pipelines.commands.train",
+    "evaluate": "pipelines.commands.evaluate",
+    "predict": "pipelines.commands.predict",
+    "corpus": "pipelines.commands.corpus",
 }
 
 

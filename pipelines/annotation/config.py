@@ -23,12 +23,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from annotators.base import STAGES, StageConfigError, StageResources, build_config, config_to_dict
+from pipelines.io.config_files import ConfigFileError, read_config_mapping
 
 STAGE_ORDER = ("persons", "keypoints", "track", "body", "hands", "face", "refine", "quality")
 """Annotators in data-flow order (``docs/annotate.md``); a stage's registry name is ``"<annotator>/<backend>"``."""
@@ -229,18 +229,10 @@ def config_from_dict(data: dict[str, Any], *, where: str = "config") -> Annotate
 
 def load_config_file(path: str | Path) -> AnnotateConfig:
     """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    elif path.suffix == ".toml":
-        data = tomllib.loads(text)
-    else:
-        raise ConfigError(f"config file {path}: use a .yaml, .yml or .toml file")
+    try:
+        data = read_config_mapping(path)
+    except ConfigFileError as exc:
+        raise ConfigError(str(exc)) from None
     return config_from_dict(data, where=str(path))
 
 

@@ -1,11 +1,12 @@
 """A run folder of synthetic persons with known answers, for the review's tests, its benchmark and its
 screenshots: what ``pearl annotate`` writes, without running the annotators.
 
-Each distinct person is a random EHM body (standing, arms lowered, some shape, expression and finger
-pose) in front of a pinhole camera; its crop is that body rendered with :func:`model.render.render_mesh`
-over a coloured backdrop, its keypoints are the projected COCO-WholeBody points of the same body with a
-little noise, and its quality figures are drawn at random (about one person in seven has no face, one in
-five a missing hand, one in eleven no body: keypoints only). The records go through the shard writer
+Each distinct person is a random EHM body (:data:`model.synthetic_people.STANDING`: standing, arms
+lowered, some shape, expression and finger pose) in front of a pinhole camera; its crop is that body
+rendered with :func:`model.render.render_mesh` over a coloured backdrop, its keypoints are the projected
+COCO-WholeBody points of the same body with a little noise, and its quality figures are drawn at random
+(about one person in seven has no face, one in five a missing hand, one in eleven no body: keypoints only).
+The records go through the shard writer
 (:class:`pipelines.io.shards.ShardWriter`) and the quarantine writer, so the folder has exactly the
 layout and commit protocol of a real run: ``manifest.json``, ``wds/``, ``parquet/``, ``stats/``,
 ``quarantine/`` and ``report.json``. ``distinct`` persons are posed and rendered; beyond that, persons
@@ -49,57 +50,6 @@ class SampleRun:
     """Keys of the quarantined persons."""
 
 
-def _rotvec(matrix: np.ndarray) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
-    return Rotation.from_matrix(matrix).as_rotvec().astype(np.float32)
-
-
-def _pose_bodies(ehm: Any, count: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Random EHM parameters ``{name: [count, ...]}`` of standing persons in the OpenCV camera frame."""
-    from scipy.spatial.transform import Rotation
-
-    specs = ehm.param_specs()
-    body_pose = rng.normal(0, 0.1, (count, 21, 3)).astype(np.float32)
-    shoulders = rng.uniform(1.0, 1.3, count).astype(np.float32)
-    body_pose[:, 15, 2] -= shoulders  # left shoulder: arm down
-    body_pose[:, 16, 2] += shoulders
-    yaw = rng.uniform(-0.6, 0.6, count)
-    flip = Rotation.from_euler("x", np.pi)  # model y up -> camera y down, the person facing the camera
-    orient = np.stack([_rotvec((flip * Rotation.from_euler("y", a)).as_matrix()) for a in yaw])
-    n_shape, n_expr = specs["flame_shape"].shape[-1], specs["flame_expression"].shape[-1]
-    flame_shape = np.zeros((count, n_shape), np.float32)
-    flame_shape[:, :10] = rng.normal(0, 0.6, (count, 10))
-    expression = np.zeros((count, n_expr), np.float32)
-    expression[:, :10] = rng.normal(0, 0.6, (count, 10))
-    jaw = np.zeros((count, 3), np.float32)
-    jaw[:, 0] = rng.uniform(0, 0.25, count)
-    return {
-        "betas": rng.normal(0, 0.8, (count, 10)).astype(np.float32),
-        "global_orient": orient,
-        "body_pose": body_pose,
-        "transl": np.stack([rng.uniform(-0.3, 0.3, count), rng.uniform(-0.05, 0.15, count),
-                            rng.uniform(2.6, 3.6, count)], -1).astype(np.float32),
-        "mano_hand_pose": rng.normal(0, 0.15, (count, 2, 15, 3)).astype(np.float32),
-        "mano_betas": np.zeros((count, 2, 10), np.float32),
-        "hand_scale": np.ones((count, 2), np.float32),
-        "flame_shape": flame_shape,
-        "flame_expression": expression,
-        "flame_jaw_pose": jaw,
-        "flame_eye_pose": np.zeros((count, 6), np.float32),
-        "head_scale": np.ones((count, 3), np.float32),
-    }
-
-
-def _backdrop(rng: np.random.Generator, size: int) -> np.ndarray:
-    """``[size, size, 3]`` float backdrop: a vertical gradient between two random colours, a floor line."""
-    top, bottom = rng.uniform(0.2, 0.9, 3), rng.uniform(0.1, 0.6, 3)
-    t = np.linspace(0, 1, size)[:, None, None]
-    image = np.broadcast_to(top * (1 - t) + bottom * t, (size, size, 3)).copy()
-    image[int(size * 0.8):] *= 0.8
-    return image
-
-
 def _distinct_persons(body_models: str, count: int, seed: int) -> list[dict[str, Any]]:
     """``count`` posed, rendered persons: EHM parameters, keypoints, box, crop region and crop JPEG."""
     import torch
@@ -109,13 +59,14 @@ def _distinct_persons(body_models: str, count: int, seed: int) -> list[dict[str,
     from model.ehm import EHM
     from model.ehm_record import record_columns_from_ehm_params
     from model.render import render_mesh
+    from model.synthetic_people import STANDING, backdrop, sample_ehm_params
     from pipelines.review.overlay import region_intrinsics
 
     rng = np.random.default_rng(seed)
     ehm = EHM.from_dir(body_models, camera_frame="opencv").eval()
     width, height = IMAGE_SIZE
     k = np.array([[700.0, 0.0, width / 2], [0.0, 700.0, height / 2], [0.0, 0.0, 1.0]], np.float32)
-    params = _pose_bodies(ehm, count, rng)
+    params = sample_ehm_params(ehm, count, rng, STANDING)
     with torch.no_grad():
         out = ehm(**{n: torch.as_tensor(v) for n, v in params.items()})
         points = ehm_wholebody_points(out.joints, out.keypoints, out.landmarks68)  # [N, 133, 3]
@@ -134,7 +85,7 @@ def _distinct_persons(body_models: str, count: int, seed: int) -> list[dict[str,
         rgb, alpha = render_mesh(out.vertices[i], out.faces, kc, CROP_SIZE, CROP_SIZE,
                                  color=tuple(rng.uniform(0.55, 0.95, 3)))
         a = alpha[0].numpy()[..., None]
-        image = _backdrop(rng, CROP_SIZE) * (1 - a) + rgb[0].numpy() * a
+        image = backdrop(rng, CROP_SIZE, CROP_SIZE) * (1 - a) + rgb[0].numpy() * a
         buf = io.BytesIO()
         Image.fromarray(np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
         person = {c: v[i] for c, v in columns.items()}

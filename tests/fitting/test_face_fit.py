@@ -17,7 +17,6 @@ from fitting.face_fit import (
     pupil_vertices,
     solve_face_fit,
 )
-from fitting.solvers import similarity_align
 from model.assets.catalog import asset_file
 from model.assets.loaders import (
     load_body_model,
@@ -26,6 +25,7 @@ from model.assets.loaders import (
     load_mediapipe_embedding,
 )
 from model.body_models import FLAME
+from model.metrics import similarity_align
 from model.rotations import rotation_angle, rotvec_to_rotmat
 
 F64 = torch.float64

@@ -15,9 +15,7 @@ from fitting.solvers import (
     minimize_lbfgs,
     minimize_levenberg_marquardt,
     seed_everything,
-    similarity_align,
 )
-from model.rotations import rotvec_to_rotmat
 
 F64 = torch.float64
 
@@ -134,24 +132,6 @@ def test_seed_everything_repeats_draws() -> None:
     a = torch.rand(3, generator=seed_everything(7))
     b = torch.rand(3, generator=seed_everything(7))
     torch.testing.assert_close(a, b, atol=0, rtol=0)
-
-
-def test_similarity_align_recovers_a_known_similarity():
-    g = torch.Generator().manual_seed(1)
-    src = torch.randn(4, 6, 3, generator=g, dtype=F64)
-    rot = rotvec_to_rotmat(torch.randn(4, 3, generator=g, dtype=F64))
-    scale = torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=F64)
-    shift = torch.randn(4, 3, generator=g, dtype=F64)
-    dst = scale[:, None, None] * src @ rot.transpose(1, 2) + shift[:, None]
-    r, s, t = similarity_align(src, dst)
-    torch.testing.assert_close(r, rot)
-    torch.testing.assert_close(s, scale)
-    torch.testing.assert_close(t, shift)
-    # a mirror image is not a rotation: the fit stays a proper rotation
-    r, _, _ = similarity_align(src, src * torch.tensor([-1.0, 1.0, 1.0], dtype=F64))
-    assert torch.allclose(torch.linalg.det(r), torch.ones(4, dtype=F64))
-    with pytest.raises(ValueError, match="source"):
-        similarity_align(src, dst[:, :5])
 
 
 def test_least_squares_solves_independent_samples_with_a_vectorised_jacobian():

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from model import metrics
+from model.rotations import rotvec_to_rotmat
 
 
 def test_pck_and_nme_known_answers():
@@ -34,3 +36,42 @@ def test_metrics_reject_bad_input():
         metrics.nme(gt, gt, np.ones((1, 3), bool), np.zeros(1))
     with pytest.raises(ValueError, match="visible"):
         metrics.pck(gt, gt, np.zeros((1, 3), bool), np.ones(1), 0.1)
+
+
+def test_3d_errors_known_answers():
+    gt = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0]]], dtype=torch.float64)
+    shifted = gt + torch.tensor([5.0, -1.0, 2.0], dtype=torch.float64)
+    assert metrics.mpjpe(shifted, gt, shifted[:, 0], gt[:, 0]).item() == pytest.approx(0.0, abs=1e-12)
+    moved = gt.clone()
+    moved[0, 3, 2] += 0.4  # one joint off by 0.4 (pelvis-relative)
+    assert metrics.mpjpe(moved, gt, moved[:, 0], gt[:, 0]).item() == pytest.approx(0.1)
+    # a similarity transform of the same points has no PA-MPJPE but a large MPJPE
+    c, s = np.cos(0.7), np.sin(0.7)
+    rot = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    similar = 1.3 * gt @ rot.T + 2.0
+    assert metrics.pa_mpjpe(similar, gt).item() == pytest.approx(0.0, abs=1e-9)
+    assert metrics.mpjpe(similar, gt, similar[:, 0], gt[:, 0]).item() > 0.5
+    assert metrics.lip_vertex_error(moved, gt).item() == pytest.approx(0.4)
+    eyes = torch.zeros(1, 2, 3, dtype=torch.float64)
+    assert metrics.face_landmark_error(shifted, gt, eyes + torch.tensor([5.0, -1.0, 2.0], dtype=torch.float64),
+                                       eyes).item() == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="both roots"):
+        metrics.mpjpe(gt, gt, gt[:, 0], None)
+
+
+def test_similarity_align_recovers_a_known_similarity():
+    g = torch.Generator().manual_seed(1)
+    src = torch.randn(4, 6, 3, generator=g, dtype=torch.float64)
+    rot = rotvec_to_rotmat(torch.randn(4, 3, generator=g, dtype=torch.float64))
+    scale = torch.tensor([0.5, 1.0, 2.0, 3.0], dtype=torch.float64)
+    shift = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    dst = scale[:, None, None] * src @ rot.transpose(1, 2) + shift[:, None]
+    r, s, t = metrics.similarity_align(src, dst)
+    torch.testing.assert_close(r, rot)
+    torch.testing.assert_close(s, scale)
+    torch.testing.assert_close(t, shift)
+    # a mirror image is not a rotation: the fit stays a proper rotation
+    r, _, _ = metrics.similarity_align(src, src * torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
+    assert torch.allclose(torch.linalg.det(r), torch.ones(4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="source"):
+        metrics.similarity_align(src, dst[:, :5])

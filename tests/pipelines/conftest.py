@@ -208,3 +208,14 @@ def s3():
             else:
                 os.environ[k] = v
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def annotated_examples(tmp_path_factory, examples_dir, job_config):
+    """``(out, report)`` of the default plan run on the shipped examples (4 images per shard): the annotate
+    tests read it, and the trainer trains on it."""
+    from pipelines.annotation.job import run_job
+
+    out = tmp_path_factory.mktemp("full-plan")
+    config = job_config([examples_dir], out, stages=list(cfg.DEFAULT_STAGES), images_per_shard=4)
+    return out, run_job(config)

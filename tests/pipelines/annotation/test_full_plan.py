@@ -8,8 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.annotation import config as cfg
-from pipelines.annotation.job import run_job
 from pipelines.io.quarantine import read_quarantine
 from pipelines.io.shards import iter_wds, read_parquet
 from schemas import QualityFlag
@@ -18,11 +16,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def full_run(tmp_path_factory, examples_dir, job_config):
-    out = tmp_path_factory.mktemp("full-plan")
-    config = job_config([examples_dir], out, stages=list(cfg.DEFAULT_STAGES), images_per_shard=4)
-    report = run_job(config)
-    return out, report
+def full_run(annotated_examples):
+    return annotated_examples
 
 
 def test_every_example_person_is_written_or_quarantined_with_a_reason(full_run):
