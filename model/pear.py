@@ -196,10 +196,11 @@ def load_regressor(path: str | Path) -> LoadedRegressor:
     if not weights:
         raise CheckpointError(f"{path}: no '{STATE_PREFIX}*' weights in its state dict")
     network = PearRegressor(config)
-    missing, unexpected = network.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not fit the model config (missing {sorted(missing)[:5]}, "
-                              f"unexpected {sorted(unexpected)[:5]})")
+    try:
+        network.load_state_dict(weights)  # strict: every key present, none left over, every shape equal
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:400]
+        raise CheckpointError(f"{path}: weights do not fit the model config ({detail})") from None
     return LoadedRegressor(network.eval(), config, train_config, checkpoint_digest(path))
 
 
