@@ -140,6 +140,17 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
     return out.getvalue()
 
 
+def crop_region(box_xyxy: np.ndarray, scale: float) -> np.ndarray:
+    """The image region ``[4]`` float32 ``x0, y0, x1, y1`` that :func:`crop_person` shows for ``box_xyxy``
+    and ``scale``: a square of ``round(scale * longer box side)`` px centred on the box, its corner rounded
+    to whole pixels (what records store as ``crop_xyxy``)."""
+    box = np.asarray(box_xyxy, dtype=np.float64).reshape(-1)
+    side = max(1, int(round(scale * max(box[2] - box[0], box[3] - box[1]))))
+    x0 = int(round((box[0] + box[2] - side) / 2))
+    y0 = int(round((box[1] + box[3] - side) / 2))
+    return np.array([x0, y0, x0 + side, y0 + side], dtype=np.float32)
+
+
 def crop_person(
     image: np.ndarray,
     box_xyxy: np.ndarray,
@@ -179,9 +190,8 @@ def crop_person(
     if out_size is not None and int(out_size) < 1:
         raise ValueError(f"out_size must be >= 1 or None, got {out_size}")
     h, w = image.shape[:2]
-    side = max(1, int(round(scale * max(box[2] - box[0], box[3] - box[1]))))
-    x0 = int(round((box[0] + box[2] - side) / 2))
-    y0 = int(round((box[1] + box[3] - side) / 2))
+    x0, y0, x1, _ = (int(v) for v in crop_region(box, scale))
+    side = x1 - x0
     crop = np.zeros((side, side, image.shape[2]), dtype=np.uint8)
     sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x0 + side), min(h, y0 + side)
     if sx1 > sx0 and sy1 > sy0:

@@ -252,7 +252,7 @@ def finish_rows(batch: Batch, crop_scale: float, crop_size: int) -> Batch:
     """Before the sink: keep only :data:`SINK_COLUMNS`, with ``crop_jpeg`` for good rows: from a ``crop``
     column, else cropped here from ``image`` around ``bbox_xyxy`` (``crop_scale`` box sides, ``crop_size``
     px; this also sets ``crop_xyxy``, the exact image region the crop shows)."""
-    from annotators.images import crop_person, encode_jpeg
+    from annotators.images import crop_person, crop_region, encode_jpeg
 
     n = batch_len(batch)
     if CROP_JPEG not in batch:
@@ -266,11 +266,9 @@ def finish_rows(batch: Batch, crop_scale: float, crop_size: int) -> Batch:
             if not from_image:
                 jpegs[i] = encode_jpeg(batch["crop"][i]) if "crop" in batch else None
                 continue
-            crop, to_image = crop_person(batch["image"][i], batch["bbox_xyxy"][i], scale=crop_scale,
-                                         out_size=crop_size)
+            crop, _ = crop_person(batch["image"][i], batch["bbox_xyxy"][i], scale=crop_scale, out_size=crop_size)
             jpegs[i] = encode_jpeg(crop)
-            x0, y0 = to_image[:, 2]
-            crop_xyxy[i] = (x0, y0, x0 + to_image[0, 0] * crop_size, y0 + to_image[1, 1] * crop_size)
+            crop_xyxy[i] = crop_region(batch["bbox_xyxy"][i], crop_scale)
         batch[CROP_JPEG] = jpegs
         if from_image:
             batch["crop_xyxy"] = crop_xyxy

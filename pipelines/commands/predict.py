@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from model.checkpoints import CheckpointError
     from pipelines.io.body_models import BodyModelsError
+    from pipelines.io.samples import SourceError
     from pipelines.train.predict import predict_images
 
     boxes = None
@@ -36,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
                 boxes = json.load(f)
         result = predict_images(args.images, args.checkpoint, args.out, body_models=args.body_models, boxes=boxes,
                                 device=args.device, batch_size=args.batch_size)
-    except (CheckpointError, BodyModelsError, FileNotFoundError, FileExistsError, json.JSONDecodeError) as exc:
+    except (CheckpointError, BodyModelsError, SourceError, FileNotFoundError, FileExistsError,
+            json.JSONDecodeError) as exc:
         log.error("%s", exc)
         return 2
     for image, reason in sorted(result.failed.items()):

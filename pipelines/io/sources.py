@@ -402,7 +402,7 @@ EMPTY_IMAGE = np.zeros((0, 0, 3), dtype=np.uint8)
 tensors, and ``None`` would force a pickled fallback)."""
 
 
-def _read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str) -> bytes:
     """The bytes of ``uri``; a local path that is not a regular file (a FIFO would block) is refused unopened."""
     fs, path = _fs_and_path(uri)
     reason = _not_regular(fs, path)
@@ -476,7 +476,7 @@ def load_batch(batch: Batch, *, max_pixels: int) -> Batch:
             videos.setdefault(batch["uri"][i], []).append(i)
             continue
         try:
-            results[i] = decode_image(_read_bytes(batch["uri"][i]), source=batch["source"][i], max_pixels=max_pixels)
+            results[i] = decode_image(read_bytes(batch["uri"][i]), source=batch["source"][i], max_pixels=max_pixels)
         except Exception as exc:  # noqa: BLE001 - quarantined with its reason
             results[i] = exc
     for uri, rows in videos.items():

@@ -94,21 +94,12 @@ def _camera(rng: np.random.Generator, cfg: CorpusConfig) -> tuple[int, int, np.n
     return width, height, k
 
 
-def _crop_region(box: np.ndarray, scale: float) -> np.ndarray:
-    """The image region (x0, y0, x1, y1) of the annotate job's crop around ``box`` (square of ``scale`` box
-    sides, corner rounded to whole pixels: :func:`annotators.images.crop_person`'s rule)."""
-    side = max(1, int(round(scale * max(box[2] - box[0], box[3] - box[1]))))
-    x0 = int(round((box[0] + box[2] - side) / 2))
-    y0 = int(round((box[1] + box[3] - side) / 2))
-    return np.array([x0, y0, x0 + side, y0 + side], np.float32)
-
-
 def _persons(ehm: Any, regions: dict[str, np.ndarray], count: int, cfg: CorpusConfig, rng: np.random.Generator,
              ) -> list[dict[str, Any]]:
     """``count`` posed, placed and rendered persons: record fields plus ``crop_jpeg``."""
     import torch
 
-    from annotators.images import encode_jpeg
+    from annotators.images import crop_region, encode_jpeg
     from fitting.camera import project
     from fitting.objectives import ehm_wholebody_points
     from model.ehm_record import record_columns_from_ehm_params
@@ -149,7 +140,7 @@ def _persons(ehm: Any, regions: dict[str, np.ndarray], count: int, cfg: CorpusCo
         in_image = (kp_xy[:, 0] >= 0) & (kp_xy[:, 0] <= w) & (kp_xy[:, 1] >= 0) & (kp_xy[:, 1] <= h)
         conf = np.where(in_image, rng.uniform(0.7, 1.0, 133), 0.0)
         kp = np.concatenate([kp_xy, conf[:, None]], -1).astype(np.float32)
-        region = _crop_region(box, cfg.crop_scale)
+        region = crop_region(box, cfg.crop_scale)
         size = cfg.crop_size
         kc = torch.as_tensor(region_intrinsics(k, region, size, size), dtype=torch.float32)
         colours = torch.as_tensor(body_texture(regions, rng))

@@ -42,23 +42,6 @@ class Prediction:
     """Image -> reason, for images that could not be read or held no person."""
 
 
-def image_files(inputs: list[str]) -> list[Path]:
-    """Image files of ``inputs`` (files, or folders searched recursively), sorted; ``FileNotFoundError``
-    naming an input that is neither."""
-    from pipelines.io.samples import IMAGE_EXTENSIONS
-
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{item}: no such image file or folder")
-    return files
-
-
 def overlay(image: np.ndarray, vertices: Any, faces: Any, intrinsics: np.ndarray) -> np.ndarray:
     """``image  # [H, W, 3]`` uint8 with the meshes ``vertices  # [N, V, 3]`` (camera frame) drawn over it,
     nearest first."""
@@ -84,7 +67,7 @@ def predict_images(inputs: list[str], checkpoint: str | Path, out: str | Path, *
     import torch
 
     from annotators.base import STAGES, StageContext
-    from annotators.images import crop_person, decode_image, encode_jpeg
+    from annotators.images import crop_person, crop_region, decode_image, encode_jpeg
     from fitting.camera import default_intrinsics
     from model.assets.check import asset_hashes, kit_kind
     from model.ehm import EHM
@@ -94,11 +77,12 @@ def predict_images(inputs: list[str], checkpoint: str | Path, out: str | Path, *
     from pipelines.annotation.job import code_version
     from pipelines.io.body_models import resolve_body_models
     from pipelines.io.shards import ShardWriter
+    from pipelines.io.sources import discover_samples, read_bytes
 
     out = Path(out)
     if (out / "manifest.json").exists():
         raise FileExistsError(f"{out} already holds a run (manifest.json); give a new folder")
-    files = image_files(inputs)
+    samples = discover_samples(inputs)  # the annotate job's discovery: FIFOs and broken files become reasons
     predictor = PearPredictor(checkpoint, device=device, batch_size=batch_size)
     folder = resolve_body_models(body_models or predictor.train_config.get("body_models")).folder
     ehm = EHM.from_dir(folder, camera_frame="opencv").eval()
@@ -110,19 +94,22 @@ def predict_images(inputs: list[str], checkpoint: str | Path, out: str | Path, *
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
     records: list[tuple[dict[str, Any], bytes | None]] = []
-    for path in files:
-        key = path.name if len(inputs) == 1 and Path(inputs[0]).is_file() else str(path)
-        try:
-            image = decode_image(path.read_bytes(), source=str(path))
-        except (OSError, ValueError) as exc:
-            failed[str(path)] = str(exc)
+    for sample in samples:
+        key, source = sample.sample_key, sample.source
+        if sample.kind != "image" or sample.error_reason:
+            failed[source] = sample.error_reason or "videos are not predicted: give image files"
             continue
-        label = np.asarray((boxes or {}).get(path.name, np.zeros((0, 4))), np.float32).reshape(-1, 4)
+        try:
+            image = decode_image(read_bytes(sample.uri), source=source)
+        except (OSError, ValueError) as exc:
+            failed[source] = str(exc)
+            continue
+        label = np.asarray((boxes or {}).get(Path(source).name, np.zeros((0, 4))), np.float32).reshape(-1, 4)
         rows = persons_stage({"sample_key": np.array([key], object), "image": _objects([image]),
                               "label_boxes": _objects([label]), "has_label_boxes": np.array([boxes is not None])})
         good = [i for i in range(len(rows["sample_key"])) if not rows["error_stage"][i]]
         if not good:
-            failed[str(path)] = str(rows["error_reason"][0]) or "no person found"
+            failed[source] = str(rows["error_reason"][0]) or "no person found"
             continue
         box = np.stack([rows["bbox_xyxy"][i] for i in good]).astype(np.float64)
         k = default_intrinsics(image.shape[1], image.shape[0]).numpy()
@@ -135,9 +122,8 @@ def predict_images(inputs: list[str], checkpoint: str | Path, out: str | Path, *
         Path(out / "overlays" / f"{schemas.wds_key(key)}.jpg").write_bytes(
             encode_jpeg(overlay(image, posed.vertices, posed.faces, intr)))
         for j, i in enumerate(good):
-            crop, to_image = crop_person(image, box[j], scale=crop_scale, out_size=crop_size)
-            x0, y0 = to_image[:, 2]
-            region = np.array([x0, y0, x0 + to_image[0, 0] * crop_size, y0 + to_image[1, 1] * crop_size], np.float32)
+            crop, _ = crop_person(image, box[j], scale=crop_scale, out_size=crop_size)
+            region = crop_region(box[j], crop_scale)
             values = {c: v[j] for c, v in columns.items() if c in schemas.FIELD_NAMES}
             values.update(run_fields)
             values.update(sample_key=key, person_index=np.int32(rows["person_index"][i]),
@@ -158,9 +144,9 @@ def predict_images(inputs: list[str], checkpoint: str | Path, out: str | Path, *
             "body_model_kit"], "backends": backends, "shards": -(-len(records) // per_shard),
         "config": {"predict": {"checkpoint": str(checkpoint), "inputs": list(inputs)}}}}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    log.info("predicted %d persons in %d images (%d failed) -> %s", len(records), len(files) - len(failed),
-             len(failed), out)
-    return Prediction(out, len(records), len(files) - len(failed), failed)
+    done = len(samples) - len(failed)
+    log.info("predicted %d persons in %d images (%d failed) -> %s", len(records), done, len(failed), out)
+    return Prediction(out, len(records), done, failed)
 
 
 def _objects(values: list[Any]) -> np.ndarray:

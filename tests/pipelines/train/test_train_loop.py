@@ -111,6 +111,27 @@ def test_predict_writes_records_and_overlays(trained, tmp_path, examples_dir):
                      str(out)]) == 2  # the folder holds a run already
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_predict_on_a_folder_passes_over_files_it_cannot_read(trained, tmp_path, examples_dir):
+    """A folder with a FIFO (which would block a plain read) and a broken image beside a good one: the good one
+    is predicted, the others are reported with their reason, nothing hangs."""
+    import shutil
+
+    from pipelines.train.predict import predict_images
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = sorted(examples_dir.glob("*.jpg"))[0]
+    shutil.copy(image, folder / image.name)
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    result = predict_images([str(folder)], trained / "checkpoints" / "last.ckpt", tmp_path / "pred", device="cpu",
+                            boxes={image.name: [[10.0, 10.0, 200.0, 300.0]]})
+    assert result.persons == 1 and result.images == 1
+    assert {Path(k).name for k in result.failed} == {"pipe.jpg", "broken.jpg"}
+    assert "regular file" in next(v for k, v in result.failed.items() if k.endswith("pipe.jpg"))
+
+
 def _train_cmd(config: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "pipelines.cli", "train", "--config", str(config), *extra]
 
