@@ -506,6 +506,25 @@ CLUSTER_LOST = 3
 _GCS_LOST = ("Failed to connect to GCS", "GCS has been unreachable", "RaySystemError")
 
 
+def cluster_reachable(address: str, *, tries: int = 3, wait_s: float = 1.0) -> bool:
+    """Whether the Ray head at ``address`` (``host:port``, optionally ``ray://`` or ``http://``) accepts a TCP
+    connection on each of ``tries`` attempts ``wait_s`` apart. A job's process may die with the cluster before
+    it can print why (the core worker exits when the raylet goes), so :func:`supervise` asks the cluster
+    itself. An address without a port (``auto``) cannot be checked and counts as reachable."""
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        return True
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(wait_s)
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=wait_s + 2):
+                pass
+        except OSError:
+            return False
+    return True
+
+
 def supervise(address: str) -> int:
     """Run this very command again in a child process and wait for it: a job that joins a cluster dies with
     the cluster (Ray's core worker ends the process when it cannot reach the GCS, past Python's reach), so the
@@ -525,7 +544,7 @@ def supervise(address: str) -> int:
     code = child.wait()
     if code in (0, 2):
         return code
-    if any(marker in line for line in tail for marker in _GCS_LOST):
+    if any(marker in line for line in tail for marker in _GCS_LOST) or not cluster_reachable(address):
         log.error("lost the Ray cluster at %s in the middle of the job (the job's process ended with status %s). "
                   "The shards committed so far are kept: run the same command again, once the cluster is back, "
                   "to resume from them.", address, code)

@@ -276,3 +276,23 @@ def test_one_bad_file_never_stops_or_shrinks_the_job(portrait, tmp_path: Path) -
     no_person = report["totals"]["samples_without_persons"]
     assert len(clip_rows) + no_person >= 8 and "in/clip.avi/f000003" in q
     assert not (out / LOCK_NAME).exists()
+
+
+def test_a_job_that_dies_silently_with_its_cluster_is_told_apart_from_a_failure(monkeypatch, caplog) -> None:
+    """The core worker may end the job's process as the cluster goes, before anything says why: the parent
+    asks the head itself (a closed port is a lost cluster, exit status 3; an open one leaves the status)."""
+    from pipelines.annotation.job import CLUSTER_LOST, cluster_reachable, supervise
+
+    monkeypatch.setattr("sys.argv", ["-c", "import sys; sys.exit(1)"])  # the child: dies, says nothing
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        address = f"127.0.0.1:{listening.getsockname()[1]}"
+        assert cluster_reachable(address, wait_s=0.01)
+        assert cluster_reachable(f"ray://{address}", wait_s=0.01)
+        assert supervise(address) == 1
+    assert not cluster_reachable(address, wait_s=0.01)
+    with caplog.at_level("ERROR"):
+        assert supervise(address) == CLUSTER_LOST
+    assert "lost the Ray cluster at" in caplog.text
+    assert cluster_reachable("auto")  # nothing to check: not called lost
