@@ -89,7 +89,7 @@ class StageSpec:
     name: str
     """Registry name ``"<annotator>/<backend>"`` (see ``annotators.base.STAGES``)."""
     resources: StageResources | None = None
-    """Actor-pool resources: CPU and GPU shares per actor, batch size, number of actors (default: the stage
+    """Actor-pool resources: CPU and GPU shares per actor, number of actors (default: the stage
     class's ``resources`` attribute, else ``StageResources()``)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Fields of the stage's own config dataclass (its ``config_class``; nested configs as mappings). After
