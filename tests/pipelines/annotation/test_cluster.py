@@ -46,7 +46,9 @@ class Head:
 
     def __init__(self, tmp: Path) -> None:
         self.port, self.dashboard = _free_port(), _free_port()
-        self.temp = Path("/tmp") / f"rh{os.getpid()}-{self.port}"  # short: Ray's socket paths have a size limit
+        # short: Ray's socket paths have a size limit; ``<root>/ray`` is Ray's default folder for ``TMPDIR=<root>``
+        self.root = Path("/tmp") / f"rh{os.getpid()}-{self.port}"
+        self.temp = self.root / "ray"
         # the agents' ports too: the suite's own local Ray already holds the default agent port (52365), and a
         # head whose agent cannot bind never accepts a job ("No available agent to submit job")
         agents = [f"--{flag}={_free_port()}" for flag in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
@@ -93,7 +95,7 @@ class Head:
             except ProcessLookupError:
                 pass
         self.proc.wait(timeout=30)
-        shutil.rmtree(self.temp, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -121,6 +123,26 @@ def test_ray_job_submit_and_pearl_submit_run_the_job(head, labelled_examples, tm
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     versions = set(read_parquet(carried).column("code_version").to_pylist())
     assert versions == {code_version()} and "+" in code_version()
+
+
+def test_a_job_told_no_address_never_joins_a_ray_running_on_the_machine(head, labelled_examples, tmp_path) -> None:
+    """Another program's Ray on this machine: ``ray.init()`` without an address would join it (through the
+    ``ray_current_cluster`` file in Ray's default folder); the job starts its own private Ray instead."""
+    from ray.job_submission import JobSubmissionClient
+
+    env = _env(TMPDIR=str(head.root))  # Ray's default folder is the head's: its cluster is "the current one"
+    assert (head.temp / "ray_current_cluster").read_text().strip().endswith(f":{head.port}")
+    probe = subprocess.run([sys.executable, "-c", "import ray; ray.init(); print(ray.get_runtime_context().gcs_address)"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert probe.stdout.strip().endswith(f":{head.port}"), probe.stderr[-2000:]  # what a plain ray.init() does
+    client = JobSubmissionClient(head.url)
+    drivers = {j.job_id for j in client.list_jobs() if str(j.type).endswith("DRIVER")}
+    proc = subprocess.run([sys.executable, str(REPO / "pipelines" / "annotate.py"), "--input", str(labelled_examples),
+                           "--out", str(tmp_path / "out"), "--stages", "persons", "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {j.job_id for j in client.list_jobs() if str(j.type).endswith("DRIVER")} == drivers  # it never joined
+    assert "starting a private local Ray" in proc.stderr and len(read_parquet(tmp_path / "out")) == 4
 
 
 def test_a_job_that_loses_its_cluster_says_so_and_resumes(head, copy_examples, tmp_path) -> None:
