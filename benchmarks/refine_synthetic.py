@@ -56,7 +56,7 @@ from fitting.priors import sample_body_pose
 from fitting.refine import ELBOWS, WRISTS, RefineInputs, Refiner
 from fitting.refine_config import RefineConfig
 from fitting.wrist import hand_gate, twist_rotmat
-from model.metrics import similarity_align
+from model.metrics import procrustes_aligned
 from model.rotations import rotmat_to_rotvec, rotvec_to_rotmat
 
 IMAGE = 1024
@@ -196,12 +196,6 @@ def make_problem(refiner: Refiner, n: int, seed: int = 0) -> tuple[RefineInputs,
 # --------------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------------
-
-
-def procrustes_aligned(pred: Tensor, target: Tensor) -> Tensor:
-    """``pred  # [B, N, 3]`` moved onto ``target`` by the best similarity transform (Umeyama)."""
-    rot, scale, shift = similarity_align(pred, target)
-    return scale[:, None, None] * pred @ rot.transpose(1, 2) + shift[:, None]
 
 
 def errors(refiner: Refiner, params: dict[str, Tensor], gt_out, visible: Tensor) -> dict[str, float]:

@@ -2,8 +2,9 @@
 
 - **Eq. 1** (SMPL-X parameters): squared error of rotation matrices (:func:`rotation_mse`: global
   orientation, body joints, each hand's 15 joints) and of the betas (:func:`masked_mse`).
-- **Eq. 2** (FLAME parameters): absolute error of the jaw rotation matrix, the shape and expression
-  coefficients, the eyelids and the head scale (:func:`masked_l1`).
+- **Eq. 2** (FLAME parameters): squared error of the jaw rotation matrix (:func:`rotation_mse`, like the
+  body's rotations) and absolute error of the shape and expression coefficients, the eyelids and the head
+  scale (:func:`masked_l1`).
 - **Eq. 3** (keypoints): absolute error of root-relative 3D keypoints (the targets posed from the record's
   EHM parameters through the body models) and of 2D keypoints in the crop against the record's confident
   keypoints (:func:`masked_l1` on points).
@@ -78,7 +79,7 @@ class LossWeights:
     betas: float = 0.0005
     """Eq. 1: squared error of the SMPL-X betas (``has_body``)."""
     flame_pose: float = 0.001
-    """Eq. 2: absolute error of the jaw rotation matrix (``has_face``)."""
+    """Eq. 2: rotation-matrix squared error of the jaw (``has_face``)."""
     flame_shape: float = 0.0005
     """Eq. 2: absolute error of the predicted leading FLAME shape coefficients (``has_face``)."""
     flame_expression: float = 0.0005

@@ -5,7 +5,9 @@ scaled by ``box_scale`` and centred on the box (:func:`box_window`); :func:`wind
 source-image pixels to crop pixels (continuous coordinates, origin at the top-left corner, as the record),
 with an optional rotation about the crop centre and a horizontal flip for augmentation, and
 :func:`warp_image` samples the crop (bilinear, black outside). The trainer and the predictor use the same
-functions, so a checkpoint sees at inference exactly the crops it was trained on.
+functions, so a checkpoint sees at inference the same window of the person as in training (the trainer warps
+it out of the record's stored ``crop.jpg``, the predictor out of the full image: the same geometry, resampled
+once more in training).
 
 **The crop camera and the real one.** The network's weak-perspective camera ``(s, tx, ty)`` lives in the
 crop (:func:`model.networks.pear.cam_to_translation`). :func:`camera_translation` turns it into the
@@ -21,7 +23,6 @@ checkpoint) with :func:`model.checkpoints.read_checkpoint`
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,12 +154,12 @@ def crop_cam(transl: np.ndarray, affine: np.ndarray, intrinsics: np.ndarray, foc
 
 
 def checkpoint_digest(path: str | Path) -> str:
-    """First 12 hex digits of the checkpoint file's sha256 (what ``backends`` records: ``body/pear@<digest>``)."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()[:12]
+    """First 12 hex digits of the checkpoint file's sha256 (what ``pearl predict`` records in ``backends``:
+    ``body/pear@<digest>``; an annotate run with the ``body/pear`` stage records the stage version and its
+    resolved options, the checkpoint path among them, in ``manifest.json``)."""
+    from model.assets.files import file_sha256
+
+    return file_sha256(Path(path))[:12]
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,8 @@ def normalized_batch(crops: np.ndarray, config: PearConfig) -> np.ndarray:
 
 def ehm_params_from_outputs(outputs: dict[str, Any], translation: np.ndarray | None = None) -> dict[str, Tensor]:
     """EHM forward parameters ``{name: [N, ...]}`` from the network's outputs (rotation matrices as
-    axis-angle; eyes zero; hands at the model's mean shape, scale one) and an optional ``translation  # [N, 3]``."""
+    axis-angle; eye rotations zero, eyelids as predicted; hands at the model's mean shape, scale one) and an
+    optional ``translation  # [N, 3]``."""
     o = {k: torch.as_tensor(np.asarray(v)) if not isinstance(v, Tensor) else v for k, v in outputs.items()}
     n = o["betas"].shape[0]
     params = {
@@ -245,6 +247,7 @@ def ehm_params_from_outputs(outputs: dict[str, Any], translation: np.ndarray | N
         "flame_expression": o["flame_expression"],
         "flame_jaw_pose": rotmat_to_rotvec(o["jaw_pose"]),
         "flame_eye_pose": o["betas"].new_zeros(n, 6),
+        "flame_eyelids": o["flame_eyelids"],
         "head_scale": o["head_scale"],
     }
     if translation is not None:

@@ -99,12 +99,6 @@ STANDING = PoseDistribution(kind="standing", yaw_range=0.6, pitch_range=0.0, rol
 """The review sample run's people."""
 
 
-def _rotvec(matrices: np.ndarray) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
-    return Rotation.from_matrix(matrices).as_rotvec().astype(np.float32)
-
-
 def sample_ehm_params(ehm: Any, count: int, rng: np.random.Generator,
                       distribution: PoseDistribution = PoseDistribution()) -> dict[str, np.ndarray]:
     """Random EHM parameters ``{name: [count, ...]}`` (:meth:`model.ehm.EHM.forward` names, float32) of
@@ -126,7 +120,7 @@ def sample_ehm_params(ehm: Any, count: int, rng: np.random.Generator,
     pitch = rng.uniform(-d.pitch_range, d.pitch_range, count)
     roll = rng.uniform(-d.roll_range, d.roll_range, count)
     flip = Rotation.from_euler("x", np.pi)  # model y up -> camera y down, the person facing the camera
-    orient = _rotvec((flip * Rotation.from_euler("zxy", np.stack([roll, pitch, yaw], -1))).as_matrix())
+    orient = (flip * Rotation.from_euler("zxy", np.stack([roll, pitch, yaw], -1))).as_rotvec().astype(np.float32)
     n_shape, n_expr = specs["flame_shape"].shape[-1], specs["flame_expression"].shape[-1]
     flame_shape = np.zeros((count, n_shape), np.float32)
     flame_shape[:, :10] = rng.normal(0, d.face_std, (count, 10))

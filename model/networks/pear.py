@@ -126,7 +126,7 @@ class PearConfig:
         return self.focal_length * self.image_size[0] / self.focal_height
 
     def layout(self) -> dict[str, tuple[int, ...]]:
-        """Trailing shape of every block of the parameter vector, in order (rotations as 6D)."""
+        """Trailing shape of every block of the parameter vector, in order (the :data:`ROTATION_BLOCKS` as 6D)."""
         return {
             "global_orient": (6,),
             "body_pose": (NUM_BODY_JOINTS, 6),
@@ -291,6 +291,11 @@ def pack_params(config: PearConfig, blocks: Mapping[str, Tensor]) -> Tensor:
     return torch.cat(parts, -1)
 
 
+ROTATION_BLOCKS = ("global_orient", "body_pose", "hand_pose", "jaw_pose")
+"""Blocks of :meth:`PearConfig.layout` that are rotations (6D in the vector, matrices after unpacking); a
+coefficient block may have 6 entries too."""
+
+
 def unpack_params(config: PearConfig, params: Tensor) -> dict[str, Tensor]:
     """Blocks of ``params  # [B, P]``: rotations as matrices (Gram-Schmidt of the 6D values), the rest as is."""
     out, start = {}, 0
@@ -298,7 +303,7 @@ def unpack_params(config: PearConfig, params: Tensor) -> dict[str, Tensor]:
         n = _numel(shape)
         value = params[:, start:start + n].reshape(-1, *shape)
         start += n
-        out[name] = rot6d_to_rotmat(value) if shape[-1] == 6 else value
+        out[name] = rot6d_to_rotmat(value) if name in ROTATION_BLOCKS else value
     return out
 
 
@@ -309,7 +314,7 @@ def default_mean_params(config: PearConfig) -> Tensor:
     eye6 = rotmat_to_rot6d(torch.eye(3))
     blocks: dict[str, Tensor] = {}
     for name, shape in config.layout().items():
-        if shape[-1] == 6:
+        if name in ROTATION_BLOCKS:
             blocks[name] = eye6.expand(*shape[:-1], 6)
         else:
             blocks[name] = torch.zeros(shape)

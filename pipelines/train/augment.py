@@ -24,28 +24,20 @@ crop px).
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from annotators.images import decode_image
 from model.ehm_record import EHM_RECORD_COLUMNS
 from model.flip import ShapeMirror, flip_ehm_params
 from model.networks.pear import PearConfig
 from model.pear import apply_affine_2d, box_window, compose_affine, region_affine, warp_image, window_affine
 from pipelines.train.config import AugmentConfig, DataConfig
-from schemas.keypoints import FLIP_INDEX
+from schemas.keypoints import FLIP_INDEX, NUM_KEYPOINTS
 
 PARAM_PREFIX = "params."
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """JPEG bytes -> uint8 ``[H, W, 3]`` RGB."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 def target_params(record: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -77,13 +69,6 @@ class SamplePreparer:
         self.mirror = mirror
         self.gates = data.gates.gates()
 
-    def __getstate__(self) -> dict[str, Any]:  # the gates hold parsed trees: rebuild them in workers
-        return {k: v for k, v in self.__dict__.items() if k != "gates"}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.gates = self.data.gates.gates()
-
     def _off(self, name: str, record: Mapping[str, Any]) -> bool:
         gate = self.gates[name]
         return gate is not None and gate(record)
@@ -106,7 +91,7 @@ class SamplePreparer:
     def nothing(self) -> dict[str, np.ndarray]:
         """Supervision masks that supervise nothing (a sample whose crop cannot be read keeps its place)."""
         return {"has_body": np.float32(0), "has_face": np.float32(0), "has_hands": np.zeros(2, np.float32),
-                "kp_weight": np.zeros(133, np.float32)}
+                "kp_weight": np.zeros(NUM_KEYPOINTS, np.float32)}
 
     def __call__(self, record: Mapping[str, Any], crop_jpeg: bytes | None, supervision: Mapping[str, np.ndarray],
                  rng: np.random.Generator | None) -> dict[str, np.ndarray]:
@@ -129,7 +114,7 @@ class SamplePreparer:
         if crop_jpeg is None:
             image = np.zeros((out_h, out_w, 3), np.uint8)
         else:
-            stored = decode_jpeg(crop_jpeg)
+            stored = decode_image(crop_jpeg, source=f"{record.get('key', '')}/crop.jpg")
             image = warp_image(stored, compose_affine(affine, region_affine(region, stored.shape[:2])), (out_h, out_w))
         if not np.all(colour == 1):
             image = np.clip(image.astype(np.float32) * colour, 0, 255).astype(np.uint8)
@@ -156,23 +141,4 @@ class SamplePreparer:
         }
         sample.update({PARAM_PREFIX + k: np.asarray(v, np.float32) for k, v in params.items()})
         return sample
-
-
-def flip_sample(sample: Mapping[str, np.ndarray], mirror: ShapeMirror, width: int) -> dict[str, np.ndarray]:
-    """The mirror image of a prepared sample: image and keypoints mirrored (x -> ``width`` - x, left/right
-    exchanged), EHM parameters flipped, hand flags exchanged. What :class:`SamplePreparer` does for a
-    mirrored sample, as a function of its own (flipping twice gives the sample back)."""
-    out = dict(sample)
-    out["image"] = np.ascontiguousarray(sample["image"][:, :, ::-1])
-    kp = np.asarray(sample["kp2d"], np.float32)[FLIP_INDEX].copy()
-    kp[:, 0] = width - kp[:, 0]
-    out["kp2d"] = kp
-    out["has_hands"] = np.asarray(sample["has_hands"])[::-1].copy()
-    params = {k[len(PARAM_PREFIX):]: v for k, v in sample.items() if k.startswith(PARAM_PREFIX)}
-    out.update({PARAM_PREFIX + k: np.asarray(v, np.float32) for k, v in flip_ehm_params(params, mirror).items()})
-    affine = np.asarray(sample["affine"], np.float64).copy()
-    affine[0] = -affine[0]
-    affine[0, 2] += width
-    out["affine"] = affine.astype(np.float32)
-    return out
 

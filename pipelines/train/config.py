@@ -132,10 +132,12 @@ class DataConfig:
     num_workers: int = 2
     """Data-loading worker processes per training process (0: load in the training process)."""
     shuffle_buffer: int = 1000
-    """Samples in each worker's shuffle buffer."""
+    """Samples in the process's shuffle buffer (each loader worker runs the same per-process stream and keeps
+    its own batches, so batches do not depend on the worker count)."""
     resampled: bool = True
     """Draw shards at random with replacement (an endless stream cut into epochs of ``epoch_size``); False:
-    every process and worker reads its own share of the shards in a fresh order each epoch."""
+    every process reads its own share of the shards in a fresh order each epoch (its loader workers share
+    that process's stream)."""
     epoch_size: int = 100_000
     """Samples per epoch over all processes (the stream is cut into epochs of this many)."""
     val_samples: int = 512

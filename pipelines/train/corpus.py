@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 import schemas
+from schemas import keypoints as kpl
 from model.synthetic_people import PoseDistribution
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ def _persons(ehm: Any, regions: dict[str, np.ndarray], count: int, cfg: CorpusCo
     from annotators.images import crop_region, encode_jpeg
     from fitting.camera import project
     from fitting.objectives import ehm_wholebody_points
+    from model.body_models import SMPLX
     from model.ehm_record import record_columns_from_ehm_params
     from model.render import render_mesh
     from model.rotations import rotmat_to_rotvec
@@ -127,7 +129,7 @@ def _persons(ehm: Any, regions: dict[str, np.ndarray], count: int, cfg: CorpusCo
         uv = project(points, intr).numpy()
         verts_uv = project(out.vertices, intr).numpy()
     columns = record_columns_from_ehm_params(tensors)
-    wrists = rotmat_to_rotvec(out.joint_rotations[:, [20, 21]]).numpy().astype(np.float32)
+    wrists = rotmat_to_rotvec(out.joint_rotations[:, [SMPLX.LEFT_WRIST, SMPLX.RIGHT_WRIST]]).numpy().astype(np.float32)
     persons = []
     for i, (w, h, k) in enumerate(cams):
         inside = (verts_uv[i, :, 0] >= 0) & (verts_uv[i, :, 0] <= w) & (verts_uv[i, :, 1] >= 0) & (verts_uv[i, :, 1] <= h)
@@ -135,10 +137,11 @@ def _persons(ehm: Any, regions: dict[str, np.ndarray], count: int, cfg: CorpusCo
             continue
         vis = verts_uv[i, inside]
         box = np.array([*vis.min(0), *vis.max(0)], np.float32)
-        noise = np.where(np.arange(133)[:, None] >= 23, cfg.keypoint_noise_px / 3, cfg.keypoint_noise_px)
+        noise = np.where(np.arange(kpl.NUM_KEYPOINTS)[:, None] >= kpl.FEET.stop, cfg.keypoint_noise_px / 3,
+                         cfg.keypoint_noise_px)
         kp_xy = uv[i] + rng.normal(0, 1.0, uv[i].shape) * noise
         in_image = (kp_xy[:, 0] >= 0) & (kp_xy[:, 0] <= w) & (kp_xy[:, 1] >= 0) & (kp_xy[:, 1] <= h)
-        conf = np.where(in_image, rng.uniform(0.7, 1.0, 133), 0.0)
+        conf = np.where(in_image, rng.uniform(0.7, 1.0, kpl.NUM_KEYPOINTS), 0.0)
         kp = np.concatenate([kp_xy, conf[:, None]], -1).astype(np.float32)
         region = crop_region(box, cfg.crop_scale)
         size = cfg.crop_size
@@ -152,42 +155,31 @@ def _persons(ehm: Any, regions: dict[str, np.ndarray], count: int, cfg: CorpusCo
         py = region[1] + (np.arange(size) + 0.5) * (region[3] - region[1]) / size
         image[~((py >= 0) & (py < h))[:, None] | ~((px >= 0) & (px < w))[None, :]] = 0.0
         jpeg = encode_jpeg(np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8))
-        side = float(max(box[2] - box[0], box[3] - box[1]))
         person = {c: v[i] for c, v in columns.items()}
-        person.update(_quality(uv[i], kp, box, side))
+        person.update(_quality(uv[i], kp, box))
         person.update(
             kp2d_wholebody=kp, bbox_xyxy=box, bbox_score=np.float32(1.0), bbox_source="label", crop_xyxy=region,
             cam_intrinsics=k, image_width=np.int32(w), image_height=np.int32(h), has_kp_body=True, has_body=True, has_face=True,
             has_hands=np.ones(2, bool), mano_global_orient=wrists[i],
-            conf_body=np.float32(conf[:17].mean()), conf_face=np.float32(conf[23:91].mean()),
-            conf_hands=np.array([conf[91:112].mean(), conf[112:].mean()], np.float32), crop_jpeg=jpeg,
+            conf_body=np.float32(conf[kpl.BODY].mean()), conf_face=np.float32(conf[kpl.FACE].mean()),
+            conf_hands=np.array([conf[sl].mean() for sl in kpl.HANDS], np.float32), crop_jpeg=jpeg,
         )
         persons.append(person)
     return persons
 
 
-def _quality(points_uv: np.ndarray, kp: np.ndarray, box: np.ndarray, side: float) -> dict[str, Any]:
-    """Reprojection of the exact body against its noisy keypoints, per part (the record's quality fields)."""
-    from schemas import keypoints as kpl
+def _quality(points_uv: np.ndarray, kp: np.ndarray, box: np.ndarray) -> dict[str, Any]:
+    """Reprojection of the exact body against its noisy keypoints, per part: the record's quality fields as
+    the annotate job's quality stage measures them (:func:`fitting.quality.part_reprojection`)."""
+    import torch
 
-    def part(sl: slice) -> tuple[float, float]:
-        ok = kp[sl, 2] > 0.3
-        if ok.sum() < 2:
-            return float("nan"), float("nan")
-        err = float(np.linalg.norm(points_uv[sl][ok] - kp[sl, :2][ok], axis=-1).mean())
-        pts = kp[sl, :2][ok]
-        extent = float((pts.max(0) - pts.min(0)).max()) or 1.0
-        return err, err / extent
+    from fitting.quality import part_reprojection
 
-    body_px = part(kpl.SCORED_PARTS["body"])[0]
-    face_px, face_norm = part(kpl.FACE)
-    hands = [part(sl) for sl in kpl.HANDS]
-    return dict(
-        quality_reproj_px_body=np.float32(body_px), quality_reproj_norm_body=np.float32(body_px / max(side, 1.0)),
-        quality_reproj_px_face=np.float32(face_px), quality_reproj_norm_face=np.float32(face_norm),
-        quality_reproj_px_hands=np.array([h[0] for h in hands], np.float32),
-        quality_reproj_norm_hands=np.array([h[1] for h in hands], np.float32),
-    )
+    q = {k: v[0].numpy().astype(np.float32) for k, v in part_reprojection(
+        torch.as_tensor(points_uv[None], dtype=torch.float32), torch.as_tensor(kp[None]),
+        torch.as_tensor(box[None])).items()}
+    return {f"quality_reproj_px_{part}": q[part] for part in ("body", "face", "hands")} | {
+        f"quality_reproj_norm_{part}": q[f"{part}_norm"] for part in ("body", "face", "hands")}
 
 
 def _config_hash(cfg: CorpusConfig) -> str:

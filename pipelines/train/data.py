@@ -30,12 +30,9 @@ therefore the same for any number of workers, and a run resumed at batch ``k`` o
 
 from __future__ import annotations
 
-import ast
 import glob
-import io
 import logging
 import os
-import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -110,13 +107,19 @@ def _source_stream(urls: tuple[str, ...], spec: StreamSpec, index: int, epoch: i
     """Endless raw samples of one shard set for one rank (module docstring)."""
     if spec.resampled:
         rng = _rng(spec.seed, epoch, rank, "resample", index)
+        empty: set[str] = set()  # shards drawn empty since the last sample
         while True:
-            yielded = False
-            for sample in iter_wds([urls[int(rng.integers(len(urls)))]], decode=False):
+            url, yielded = urls[int(rng.integers(len(urls)))], False
+            for sample in iter_wds([url], decode=False):
                 yielded = True
                 yield sample
-            if not yielded and len(urls) == 1:
-                raise DataError(f"shard {urls[0]} holds no sample")
+            if yielded:
+                empty.clear()
+                continue
+            empty.add(url)
+            if len(empty) == len(set(urls)):
+                raise DataError(f"no shard of {', '.join(sorted(empty)[:3])}{' ...' if len(empty) > 3 else ''} "
+                                "holds a sample")
     cycle = 0
     while True:
         order = [urls[i] for i in _rng(spec.seed, epoch, "order", index, cycle).permutation(len(urls))]
@@ -155,50 +158,10 @@ def rank_stream(spec: StreamSpec, epoch: int, rank: int, world: int) -> Iterator
         yield sample
 
 
-_NPY_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
-"""Parsed ``.npy`` headers (a record's members repeat the same few dozen)."""
-
-
-def decode_npz_cached(data: bytes) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz``, as :func:`schemas.decode_npz` reads them (``allow_pickle=False``: object arrays
-    are refused), with each distinct ``.npy`` header parsed once per process: numpy parses every header with
-    ``ast.literal_eval``, which made decoding a record's 47 arrays the data loader's largest cost."""
-    out = {}
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
-        raise ValueError(f"not a valid .npz ({exc})") from None
-    with archive:
-        for info in archive.infolist():
-            raw = archive.read(info)
-            if raw[:6] != b"\x93NUMPY" or raw[6] not in (1, 2, 3):
-                raise ValueError(f"npz member {info.filename!r} is not a .npy array")
-            size, start = (2, 10) if raw[6] == 1 else (4, 12)
-            end = start + int.from_bytes(raw[8:start], "little")
-            header = raw[start:end]
-            parsed = _NPY_HEADERS.get(header)
-            if parsed is None:
-                fields = ast.literal_eval(header.decode("latin1"))
-                dtype = np.lib.format.descr_to_dtype(fields["descr"])
-                if dtype.hasobject:
-                    raise ValueError(f"npz member {info.filename!r} holds Python objects; refused (no pickles)")
-                parsed = (dtype, tuple(int(n) for n in fields["shape"]), bool(fields["fortran_order"]))
-                if len(_NPY_HEADERS) < 4096:
-                    _NPY_HEADERS[header] = parsed
-            dtype, shape, fortran = parsed
-            count = int(np.prod(shape)) if shape else 1
-            array = np.frombuffer(raw, dtype, count=count, offset=end).reshape(shape, order="F" if fortran else "C")
-            out[info.filename[:-4] if info.filename.endswith(".npy") else info.filename] = array.copy()
-    return out
-
-
 def parse_record(raw: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     """The validated record and crop JPEG bytes of a raw WebDataset sample (safe decoders only);
     :class:`schemas.SchemaError` when it has no crop or no crop region."""
-    sample = {k: v for k, v in raw.items() if k not in (schemas.CROP_MEMBER, schemas.NPZ_MEMBER)}
-    sample = decode_sample(sample)
-    if schemas.NPZ_MEMBER in raw:
-        sample[schemas.NPZ_MEMBER] = decode_npz_cached(raw[schemas.NPZ_MEMBER])
+    sample = decode_sample({k: v for k, v in raw.items() if k != schemas.CROP_MEMBER})
     record = schemas.members_to_record(sample)
     crop = raw.get(schemas.CROP_MEMBER)
     if not crop:

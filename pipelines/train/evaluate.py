@@ -30,6 +30,7 @@ from torch import Tensor
 
 from fitting.objectives import ehm_wholebody_points
 from model import metrics
+from model.body_models import SMPLX
 from model.ehm import EHM
 from model.networks.pear import PearConfig, cam_to_translation, project_crop
 from model.pear import ehm_params_from_outputs
@@ -38,8 +39,10 @@ from schemas import keypoints as kpl
 
 log = logging.getLogger(__name__)
 
-BODY_JOINTS = 22
+BODY_JOINTS = SMPLX.NUM_BODY_JOINTS
 """SMPL-X body joints 0..21 (pelvis first): what MPJPE is over."""
+EYES = [SMPLX.LEFT_EYE, SMPLX.RIGHT_EYE]
+"""SMPL-X eye joints: the face landmark error's centre."""
 PCK_PARTS = {"body": kpl.SCORED_PARTS["body"], "face": kpl.FACE, "hands": slice(kpl.LEFT_HAND.start, kpl.RIGHT_HAND.stop)}
 """Parts reported separately in the 2D PCK."""
 MOUTH_LANDMARKS = range(48 - 17, 68 - 17)
@@ -78,10 +81,6 @@ class MetricSums:
     def add_counts(self, name: str, hits: float, total: float) -> None:
         self.sums[name] = self.sums.get(name, 0.0) + hits
         self.counts[name] = self.counts.get(name, 0.0) + total
-
-    def merge(self, other: MetricSums) -> None:
-        for name in other.sums:
-            self.add_counts(name, other.sums[name], other.counts[name])
 
     def means(self) -> dict[str, float | None]:
         return {k: (self.sums[k] / self.counts[k] if self.counts[k] else None) for k in sorted(self.sums)}
@@ -124,8 +123,6 @@ def batch_metrics(bodies: PosedBodies, outputs: Mapping[str, Tensor], batch: Map
     """Add one batch's metrics (module docstring) to ``sums``; ``outputs``: the regressor's outputs."""
     pred_params = ehm_params_from_outputs(outputs)
     pred_params = {k: v.to(bodies.ehm.j_template) for k, v in pred_params.items()}
-    if bodies.ehm.flame.has_eyelids:
-        pred_params["flame_eyelids"] = outputs["flame_eyelids"]
     target = {k: v.to(bodies.ehm.j_template) for k, v in batch_targets(batch).items()}
     pred, gt = bodies.pose(pred_params), bodies.pose(target)
     has_body, has_face = batch["has_body"] > 0, batch["has_face"] > 0
@@ -138,7 +135,7 @@ def batch_metrics(bodies: PosedBodies, outputs: Mapping[str, Tensor], batch: Map
         sums.add("hand_pa_pve_mm", 1000 * metrics.pa_mpjpe(pred.vertices[:, ids], gt.vertices[:, ids]),
                  has_hands[:, side])
     sums.add("face_landmark_mm", 1000 * metrics.face_landmark_error(
-        pred.landmarks68, gt.landmarks68, pred.joints[:, 23:25], gt.joints[:, 23:25]), has_face)
+        pred.landmarks68, gt.landmarks68, pred.joints[:, EYES], gt.joints[:, EYES]), has_face)
     sums.add("lip_vertex_mm", 1000 * metrics.lip_vertex_error(bodies.lips_of(pred_params), bodies.lips_of(target)),
              has_face)
     # 2D: the predicted points through the crop camera against the record's confident keypoints
@@ -222,6 +219,7 @@ def evaluate_coco_wholebody(checkpoint: str | Path, labels: str | Path, *, image
     from fitting.camera import default_intrinsics
     from model.pear import PearPredictor
     from pipelines.io.body_models import resolve_body_models
+    from pipelines.io.sources import coco_box_xyxy, safe_relative_path
 
     labels = Path(labels)
     root = Path(image_root) if image_root else labels.parent
@@ -234,17 +232,25 @@ def evaluate_coco_wholebody(checkpoint: str | Path, labels: str | Path, *, image
         kp = _wholebody_label(ann)
         if kp is None or not (kp[:, 2] > 0).any():
             continue
-        people.setdefault(ann["image_id"], []).append({"bbox": ann["bbox"], "kp": kp})
+        try:
+            box = coco_box_xyxy(ann)
+        except ValueError as exc:
+            log.warning("%s: %s; left out", labels, exc)
+            continue
+        people.setdefault(ann["image_id"], []).append({"box": box, "kp": kp})
     predictor = PearPredictor(checkpoint, device=device, batch_size=batch_size)
     bodies = PosedBodies(resolve_body_models(body_models or predictor.train_config.get("body_models")).folder)
     sums = MetricSums()
     persons = 0
     for image_id, anns in sorted(people.items()):
-        info = images[image_id]
-        path = root / info["file_name"]
+        name = str(images.get(image_id, {}).get("file_name", ""))
+        problem = safe_relative_path(name) if name else f"image {image_id} has no file_name"
+        if problem:
+            log.warning("%s: %s; left out", labels, problem)
+            continue
+        path = root / name
         rgb = decode_image(path.read_bytes(), source=str(path))
-        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                          for a in anns], np.float64)
+        boxes = np.array([a["box"] for a in anns], np.float64)
         k = default_intrinsics(rgb.shape[1], rgb.shape[0]).numpy()
         columns = predictor.predict([rgb], boxes, np.repeat(k[None], len(boxes), 0), np.zeros(len(boxes), np.int64))
         uv = _projected_wholebody(bodies, columns)

@@ -6,7 +6,8 @@ An expression is a small, safe subset of Python evaluated on one record (never `
 (``quality_reproj_norm_hands[0]``: the left hand), the :class:`schemas.QualityFlag` names as their bit values
 (``quality_flags & FACE_GATED``), arithmetic ``+ - * /``, bit operations ``& |``, comparisons, ``and`` /
 ``or`` / ``not``, and ``isnan(x)``. A comparison with NaN (a score that was not measured) is False, as in
-IEEE arithmetic, so an unmeasured score never gates a part. An unknown field or construct is refused when
+IEEE arithmetic, so an unmeasured score never gates a part; arithmetic is IEEE too (``x / 0`` is inf, ``0 / 0``
+NaN: never an error in the middle of a run). An unknown field or construct is refused when
 the config is read, with the name and what is allowed.
 """
 
@@ -105,7 +106,8 @@ class Gate:
             left, right = self._eval(node.left, record), self._eval(node.right, record)
             if isinstance(node.op, (ast.BitAnd, ast.BitOr)):
                 return _BINARY[type(node.op)](int(left), int(right))
-            return _BINARY[type(node.op)](float(left), float(right))
+            with np.errstate(all="ignore"):  # IEEE arithmetic: x / 0 is inf or nan, never an exception
+                return float(_BINARY[type(node.op)](np.float64(left), np.float64(right)))
         if isinstance(node, ast.Compare):
             left = self._eval(node.left, record)
             for op, comparator in zip(node.ops, node.comparators):

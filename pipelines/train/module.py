@@ -27,22 +27,21 @@ from torch import Tensor
 
 from fitting.objectives import ehm_wholebody_points
 from model.flip import ShapeMirror
-from model.losses import combine, masked_l1, masked_mse, rotation_mse
-from model.networks.pear import PearRegressor, cam_to_translation, project_crop
+from model.losses import combine, masked_l1, masked_mse, root_relative, rotation_mse
+from model.networks.pear import NUM_HAND_JOINTS, PearRegressor, cam_to_translation, project_crop
 from model.pear import ehm_params_from_outputs
 from model.rotations import rotvec_to_rotmat
 from pipelines.train.augment import SamplePreparer
 from pipelines.train.config import TrainConfig, to_dict
 from pipelines.train.data import COUNTERS, EpochLoader, EvalStream, StreamSpec, TrainStream, collate, resolve_urls
-from pipelines.train.evaluate import MetricSums, PosedBodies, batch_metrics, batch_targets
+from pipelines.train.evaluate import PCK_PARTS, MetricSums, PosedBodies, batch_metrics, batch_targets
 from schemas import keypoints as kpl
 
 VAL_METRICS = ("mpjpe_mm", "pa_mpjpe_mm", "pve_mm", "hand_pa_pve_mm", "face_landmark_mm", "lip_vertex_mm",
                "pck_0.05", "pck_0.1")
 """Metrics of the periodic evaluation, logged as ``val/<name>``."""
 
-BODY = slice(0, kpl.FEET.stop)
-HANDS = (kpl.LEFT_HAND, kpl.RIGHT_HAND)
+BODY = kpl.SCORED_PARTS["body"]
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -134,20 +133,17 @@ class PearModule(L.LightningModule):
         bodies = self.bodies
         cfg = self.model_config
         target = {k: v.float() for k, v in batch_targets(batch).items()}
-        pred_params = ehm_params_from_outputs(outputs)
-        if bodies.ehm.flame.has_eyelids:
-            pred_params["flame_eyelids"] = outputs["flame_eyelids"]
-        pred = bodies.pose(pred_params)
+        pred = bodies.pose(ehm_params_from_outputs(outputs))
         with torch.no_grad():
             gt = bodies.pose(target)
-            gt_points = ehm_wholebody_points(gt.joints, gt.keypoints, gt.landmarks68) - gt.joints[:, :1]
+            gt_points = root_relative(ehm_wholebody_points(gt.joints, gt.keypoints, gt.landmarks68), gt.joints[:, 0])
         points = ehm_wholebody_points(pred.joints, pred.keypoints, pred.landmarks68)
-        rel = points - pred.joints[:, :1]
+        rel = root_relative(points, pred.joints[:, 0])
         hb, hf, hh = batch["has_body"].float(), batch["has_face"].float(), batch["has_hands"].float()
         terms = {
             "kp3d_body": masked_l1(rel[:, BODY], gt_points[:, BODY], hb),
             "kp3d_face": masked_l1(rel[:, kpl.FACE], gt_points[:, kpl.FACE], hb * hf),
-            "kp3d_hands": sum(masked_l1(rel[:, sl], gt_points[:, sl], hb * hh[:, side]) for side, sl in enumerate(HANDS)),
+            "kp3d_hands": sum(masked_l1(rel[:, sl], gt_points[:, sl], hb * hh[:, side]) for side, sl in enumerate(kpl.HANDS)),
         }
         h, w = cfg.image_size
         transl = cam_to_translation(outputs["cam"], cfg.focal_px, h)
@@ -156,7 +152,7 @@ class PearModule(L.LightningModule):
         kp_uv, weight = kp[..., :2] / h, kp[..., 2]
         terms["kp2d_body"] = masked_l1(uv[:, BODY], kp_uv[:, BODY], weight[:, BODY])
         terms["kp2d_face"] = masked_l1(uv[:, kpl.FACE], kp_uv[:, kpl.FACE], weight[:, kpl.FACE])
-        hands = slice(kpl.LEFT_HAND.start, kpl.RIGHT_HAND.stop)
+        hands = PCK_PARTS["hands"]
         terms["kp2d_hands"] = masked_l1(uv[:, hands], kp_uv[:, hands], weight[:, hands])
         # eq. 1 and 2 on the parameters
         go, body = rotvec_to_rotmat(target["global_orient"]), rotvec_to_rotmat(target["body_pose"])
@@ -165,7 +161,7 @@ class PearModule(L.LightningModule):
         b = hh.shape[0]
         terms["hand_pose"] = rotation_mse(outputs["hand_pose"].reshape(b, -1, 3, 3),
                                           rotvec_to_rotmat(target["mano_hand_pose"]).reshape(b, -1, 3, 3),
-                                          hh.repeat_interleave(15, 1))
+                                          hh.repeat_interleave(NUM_HAND_JOINTS, 1))
         terms["betas"] = masked_mse(outputs["betas"], target["betas"][:, : cfg.num_betas], hb)
         terms["flame_pose"] = rotation_mse(outputs["jaw_pose"][:, None],
                                            rotvec_to_rotmat(target["flame_jaw_pose"])[:, None], hf)

@@ -70,6 +70,7 @@ def predict_images(inputs: list[str], checkpoint: str | Path, out: str | Path, *
     from annotators.images import crop_person, crop_region, decode_image, encode_jpeg
     from fitting.camera import default_intrinsics
     from model.assets.check import asset_hashes, kit_kind
+    from model.body_models import SMPLX
     from model.ehm import EHM
     from model.ehm_record import ehm_params_from_columns
     from model.pear import PearPredictor
@@ -118,7 +119,7 @@ def predict_images(inputs: list[str], checkpoint: str | Path, out: str | Path, *
         params = ehm_params_from_columns(columns, eyelids=ehm.flame.has_eyelids)
         with torch.no_grad():
             posed = ehm(**params)
-        wrists = rotmat_to_rotvec(posed.joint_rotations[:, [20, 21]]).numpy().astype(np.float32)
+        wrists = rotmat_to_rotvec(posed.joint_rotations[:, [SMPLX.LEFT_WRIST, SMPLX.RIGHT_WRIST]]).numpy().astype(np.float32)
         Path(out / "overlays" / f"{schemas.wds_key(key)}.jpg").write_bytes(
             encode_jpeg(overlay(image, posed.vertices, posed.faces, intr)))
         for j, i in enumerate(good):

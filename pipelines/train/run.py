@@ -204,9 +204,12 @@ def fit_on_ray(config: TrainConfig) -> Path:
     r = config.ray
     out = Path(config.out).resolve()
     if not ray.is_initialized():
-        address = None if r.address == "local" else r.address
-        ray.init(address=address, runtime_env={"env_vars": {k: v for k, v in os.environ.items()
-                                                            if k.startswith("PEARL_")}})
+        env = {"env_vars": {k: v for k, v in os.environ.items() if k.startswith("PEARL_")}}
+        if r.address == "local":  # a private Ray, never one that happens to run here, stopped if we are killed
+            from pipelines.annotation.ray_reaper import start_reaper
+
+            start_reaper()
+        ray.init(address=r.address, runtime_env=env)
     data = to_dict(config)
     data["out"] = str(out)
     data["ray"]["address"] = None

@@ -27,7 +27,7 @@ from model.pear import box_window, crop_cam, window_affine
 from model.rotations import mirror_rotvec, rotmat_to_rot6d, rotvec_to_rotmat
 from pipelines.io.shards import iter_wds
 from pipelines.train.augment import SamplePreparer
-from pipelines.train.data import parse_record, resolve_urls
+from pipelines.train.data import parse_record
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,15 @@ class _Mean:
 
 def mean_params(train_sets: list[tuple[list[str], float]], preparer: SamplePreparer, config: PearConfig,
                 samples: int) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Mean parameter blocks (module docstring) and how many samples fed each block."""
+    """Mean parameter blocks (module docstring) and how many samples fed each block; ``train_sets``: the
+    resolved shard URLs of each training set (:func:`pipelines.train.data.resolve_urls`) and its weight."""
     weights = np.array([w for _, w in train_sets], np.float64)
     quotas = np.maximum(1, np.round(samples * weights / weights.sum())).astype(int)
     means = {name: _Mean() for name in config.layout()}
     out_h, out_w = config.image_size
     for (urls, _), quota in zip(train_sets, quotas):
         used = 0
-        for raw in iter_wds(resolve_urls(urls), decode=False):
+        for raw in iter_wds(urls, decode=False):
             if used >= quota:
                 break
             try:

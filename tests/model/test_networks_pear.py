@@ -109,3 +109,11 @@ def test_weak_perspective_camera_convention():
     assert torch.allclose(uv[0, 0], torch.tensor([w / 2 + 0.1 * 0.9 * h / 2, h / 2 - 0.2 * 0.9 * h / 2]), rtol=1e-5)
     assert PEAR_TINY.focal_px == pytest.approx(5000.0 * PEAR_TINY.image_size[0] / 256)
     assert torch.allclose(rot6d_to_rotmat(rotmat_to_rot6d(torch.eye(3))), torch.eye(3))
+
+
+def test_a_coefficient_block_of_six_is_not_a_rotation():
+    six = dataclasses.replace(PEAR_TINY, num_betas=6, num_flame_expression=6)
+    blocks = unpack_params(six, default_mean_params(six)[None])
+    assert blocks["betas"].shape == (1, 6) and torch.all(blocks["betas"] == 0)
+    assert blocks["flame_expression"].shape == (1, 6) and torch.all(blocks["flame_expression"] == 0)
+    assert torch.allclose(blocks["jaw_pose"], torch.eye(3)[None])

@@ -84,3 +84,19 @@ def test_load_regressor_reads_pearl_checkpoints_and_refuses_others(tmp_path):
     torch.save(bad, tmp_path / "bad.ckpt")
     with pytest.raises(CheckpointError, match="do not fit"):
         load_regressor(tmp_path / "bad.ckpt")
+
+
+def test_the_predictor_keeps_every_predicted_face_parameter(tmp_path):
+    from model.pear import PearPredictor
+
+    torch.manual_seed(0)
+    net = PearRegressor(PEAR_TINY)
+    path = tmp_path / "tiny.ckpt"
+    torch.save({"state_dict": {f"regressor.{k}": v for k, v in net.state_dict().items()},
+                "pearl": {"model": PEAR_TINY.to_dict(), "config": {}}}, path)
+    image = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    k = np.array([[400.0, 0, 160], [0, 400, 120], [0, 0, 1]])
+    predictor, box = PearPredictor(path, device="cpu"), np.array([[100.0, 40, 220, 230]])
+    columns = predictor.predict([image], box, k[None])
+    outputs, _ = predictor.network_outputs([image], np.zeros(1, np.int64), box)
+    assert np.allclose(columns["flame_eyelids"], np.asarray(outputs["flame_eyelids"]), atol=1e-6)

@@ -130,3 +130,26 @@ def test_wds_key_is_safe_and_unique():
 def test_members_to_record_names_missing_member():
     with pytest.raises(SchemaError, match="no ehm.npz member"):
         schemas.members_to_record({"__key__": "k", "meta.json": {}})
+
+
+def test_npz_decoder_matches_numpy_and_refuses_objects():
+    for seed in range(3):  # every member of records, NaN and empty arrays included
+        data = schemas.record_to_members(schemas.random_record(seed))[schemas.NPZ_MEMBER]
+        fast, reference = schemas.decode_npz(data), schemas.decode_npz_reference(data)
+        assert fast.keys() == reference.keys() and len(fast) > 40
+        for name in fast:
+            assert fast[name].dtype == reference[name].dtype and fast[name].shape == reference[name].shape
+            assert np.array_equal(fast[name], reference[name], equal_nan=True), name
+    buf = io.BytesIO()
+    np.savez_compressed(buf, f=np.asfortranarray(np.arange(6.0).reshape(2, 3)), s=np.float64(2.0))
+    for name, value in schemas.decode_npz_reference(buf.getvalue()).items():
+        assert np.array_equal(schemas.decode_npz(buf.getvalue())[name], value)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        entry = io.BytesIO()
+        np.lib.format.write_array(entry, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+        zf.writestr("smplx_betas.npy", entry.getvalue())
+    with pytest.raises(ValueError, match="Python objects"):
+        schemas.decode_npz(buf.getvalue())
+    with pytest.raises(ValueError, match="not a valid .npz"):
+        schemas.decode_npz(b"not a zip")

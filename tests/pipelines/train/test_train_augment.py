@@ -13,14 +13,32 @@ from model.ehm_record import ehm_params_from_columns
 from model.networks.pear import PEAR_TINY
 from model.pear import apply_affine_2d
 from pipelines.io.shards import iter_wds
-from pipelines.train.augment import SamplePreparer, flip_sample
+from model.flip import flip_ehm_params
+from pipelines.train.augment import PARAM_PREFIX, SamplePreparer
 from pipelines.train.config import config_from_dict
 from pipelines.train.data import parse_record
+from schemas.keypoints import flip_keypoints
 
 
 def _preparer(mirror, **augment) -> SamplePreparer:
     config = config_from_dict({"data": {"train": ["x.tar"], "augment": augment}})
     return SamplePreparer(config.data, PEAR_TINY, mirror)
+
+
+def flip_sample(sample, mirror, width: int) -> dict[str, np.ndarray]:
+    """The mirror image of a prepared sample, written independently of :class:`SamplePreparer`: image and
+    keypoints mirrored (left/right exchanged), EHM parameters flipped, hand flags exchanged."""
+    out = dict(sample)
+    out["image"] = np.ascontiguousarray(sample["image"][:, :, ::-1])
+    out["kp2d"] = flip_keypoints(np.asarray(sample["kp2d"], np.float32), width).astype(np.float32)
+    out["has_hands"] = np.asarray(sample["has_hands"])[::-1].copy()
+    params = {k[len(PARAM_PREFIX):]: v for k, v in sample.items() if k.startswith(PARAM_PREFIX)}
+    out.update({PARAM_PREFIX + k: np.asarray(v, np.float32) for k, v in flip_ehm_params(params, mirror).items()})
+    affine = np.asarray(sample["affine"], np.float64).copy()
+    affine[0] = -affine[0]
+    affine[0, 2] += width
+    out["affine"] = affine.astype(np.float32)
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ def _record(**values):
 
 
 def test_expressions_read_record_fields():
-    r = _record(quality_reproj_norm_body=np.float32(0.05), quality_flags=np.int32(16),
+    r = _record(quality_reproj_norm_body=np.float32(0.05), quality_flags=np.int32(schemas.QualityFlag.FACE_GATED),
                 quality_reproj_norm_hands=np.array([0.2, np.nan], np.float32), conf_face=np.float32(0.9))
     assert Gate("quality_reproj_norm_body > 0.04")(r)
     assert not Gate("quality_reproj_norm_body > 0.06")(r)
@@ -24,6 +24,13 @@ def test_expressions_read_record_fields():
     assert Gate("isnan(quality_reproj_norm_hands[1]) and conf_face >= 0.85")(r)
     assert Gate("not (conf_face < 0.5) or 1 / 0 > 1")(r)  # or short-circuits
     assert Gate("0.01 < quality_reproj_norm_body <= 0.051")(r) and not Gate("0.01 < quality_reproj_norm_body < 0.02")(r)
+
+
+def test_arithmetic_is_ieee_and_never_stops_a_run():
+    r = _record(quality_reproj_norm_body=np.float32(0.05), conf_face=np.float32(0.0))
+    assert Gate("quality_reproj_norm_body / conf_face > 2")(r)  # inf
+    assert not Gate("(quality_reproj_norm_body - quality_reproj_norm_body) / conf_face > 2")(r)  # NaN
+    assert Gate("isnan(conf_face / conf_face)")(r)
 
 
 @pytest.mark.parametrize("expression, error", [

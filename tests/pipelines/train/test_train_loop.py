@@ -81,13 +81,15 @@ def test_coco_wholebody_pck_against_labels(trained, tmp_path, examples_dir):
         kp[3 * i: 3 * i + 3] = [x, y, 2]
     parts = {"keypoints": kp[:51], "foot_kpts": kp[51:69], "face_kpts": kp[69:273], "lefthand_kpts": kp[273:336],
              "righthand_kpts": kp[336:]}
-    labels = {"images": [{"id": 1, "file_name": image.name, "width": w, "height": h}],
-              "annotations": [{"id": 1, "image_id": 1, "iscrowd": 0, "bbox": [0.1 * w, 0.05 * h, 0.8 * w, 0.9 * h],
-                               **parts}]}
+    person = {"iscrowd": 0, "bbox": [0.1 * w, 0.05 * h, 0.8 * w, 0.9 * h], **parts}
+    labels = {"images": [{"id": 1, "file_name": image.name, "width": w, "height": h},
+                         {"id": 2, "file_name": f"../{image.parent.name}/{image.name}", "width": w, "height": h}],
+              "annotations": [{"id": 1, "image_id": 1, **person}, {"id": 2, "image_id": 2, **person},
+                              {"id": 3, "image_id": 1, **person, "bbox": [0, 0, 0, 10]}]}  # outside the root; no area
     (tmp_path / "labels.json").write_text(json.dumps(labels))
     result = evaluate_coco_wholebody(trained / "checkpoints" / "last.ckpt", tmp_path / "labels.json",
                                      image_root=image.parent, device="cpu")
-    assert result["coco_wholebody_persons"] == 1
+    assert result["coco_wholebody_persons"] == 1  # the image outside the root and the empty box are left out
     assert 0.0 <= result["coco_wholebody_pck_0.1"] <= 1.0 and result["coco_wholebody_pck_0.1_face"] is None
 
 
@@ -180,7 +182,7 @@ def test_torchrun_ddp_over_two_cpu_processes(tmp_path, corpus, kit_dir, make_con
            "pipelines.cli", "train", "--config", str(config)]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in done.stderr or "MEMBER: 2/2" in done.stdout + done.stderr
+    assert "MEMBER: 2/2" in done.stdout + done.stderr  # Lightning's message of the second rank
     ckpt = torch.load(tmp_path / "ddp" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 4
     metrics = pd.read_csv(tmp_path / "ddp" / "logs" / "csv" / "run0" / "metrics.csv")
